@@ -1,0 +1,89 @@
+"""Masked set maths, written once.
+
+Convention (used by every layer and model): a batch of sets is ``x: float[B, N, D]`` with
+``mask: bool[B, N]``, True = element present, ``mask=None`` = every element present.
+Padded rows may hold any finite value on input to a layer (models also accept inf/NaN there,
+see :func:`clear_padding`); layers return zeros in padded rows.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def check_mask(x: Tensor, mask: Tensor | None, name: str = "mask") -> Tensor | None:
+    """Validate ``mask`` against ``x[B, N, ...]`` and return it (``None`` stays ``None``).
+
+    Only shape and dtype are checked, so no device synchronisation happens here.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of dtype bool, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must have dtype torch.bool (True = element present), got {mask.dtype}; "
+            f"convert with mask.bool() if it holds 0/1"
+        )
+    if mask.dim() != 2 or tuple(mask.shape) != tuple(x.shape[:2]):
+        raise ValueError(
+            f"{name} must have shape [B, N] = {list(x.shape[:2])} to match x of shape {list(x.shape)}, "
+            f"got {list(mask.shape)}"
+        )
+    return mask
+
+
+def check_sets(x: Tensor, mask: Tensor | None = None) -> Tensor | None:
+    """Validate a model input: ``x`` is ``[B, N, D]`` and ``mask`` matches it."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape [B, N, D], got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(
+            f"x must have shape [B, N, D] (sets, elements, features), got {x.dim()} dims: {list(x.shape)}; "
+            f"for a single set use x.unsqueeze(0)"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    return check_mask(x, mask)
+
+
+def check_nonempty(mask: Tensor | None, n: int) -> None:
+    """Raise a clear error if any set has no elements (one host sync; models call it once per forward)."""
+    if n == 0:
+        raise ValueError("every set is empty (N = 0 elements); deep set models need at least one element per set")
+    if mask is None:
+        return
+    empty = ~mask.any(dim=1)
+    if bool(empty.any()):
+        idx = empty.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, idx[:10])) + (" ..." if len(idx) > 10 else "")
+        raise ValueError(
+            f"{len(idx)} set(s) in the batch have no elements (mask all False) at batch index {shown}; "
+            f"drop empty sets before calling the model"
+        )
+
+
+def clear_padding(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Set padded rows to exactly zero, whatever they held (inf and NaN included)."""
+    if mask is None:
+        return x
+    return x.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
+def zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Zero the padded rows of a layer output (finite values assumed; cheaper than ``clear_padding``)."""
+    if mask is None:
+        return x
+    return x * mask.unsqueeze(-1).to(x.dtype)
+
+
+def set_sizes(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Number of valid elements per set, ``[B]`` (long)."""
+    if mask is None:
+        return torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+    return mask.sum(dim=1)
+
+
+def stats_dtype(x: Tensor) -> torch.dtype:
+    """Statistics are accumulated in at least float32 (half/bfloat16 inputs under autocast)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
