@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands that live beside the code they drive: (module, function adding the subparsers).
 _EXTENSIONS = [
     ("data.cli", "add_data_commands"),
+    ("train.cli", "add_train_commands"),
 ]
 
 

@@ -1,0 +1,1 @@
+"""Diagnostics: gradient norms per layer at initialization, plots."""

@@ -1,0 +1,107 @@
+"""Callbacks and plugins: the metrics file, fresh subsets per epoch, atomic checkpoints."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .io import atomic_write_bytes, atomic_write_text
+
+# metrics.csv: one row per evaluation (the end of every `eval_every`-th epoch, and the end of training).
+METRIC_COLUMNS = [
+    "epoch",  # 0-based epoch that just finished
+    "step",  # optimizer steps taken so far
+    "train_loss",  # mean training loss over the epoch's batches (since the previous row)
+    "train_metric",  # mean training metric over the same batches (MSE, or accuracy for classification)
+    "val_loss",  # loss on the held-out validation sets
+    "val_metric",  # metric on the validation sets
+    "elapsed_s",  # wall-clock seconds since the run (or its resumption) started
+]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it: a kill never leaves a corrupt checkpoint."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+
+class SubsetEpoch(pl.Callback):
+    """Tells the training data the epoch number, so sets larger than ``set_size`` get a fresh random subset."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        ds = trainer.datamodule.train_set if trainer.datamodule is not None else None
+        base = getattr(ds, "dataset", ds)  # a torch Subset wraps the dataset
+        if hasattr(base, "set_epoch"):
+            base.set_epoch(trainer.current_epoch)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return [{k: (float(v) if k not in ("epoch", "step") else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_metrics(path: str | Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in METRIC_COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+
+
+class MetricsCSV(pl.Callback):
+    """Keeps ``DIR/metrics.csv`` (see :data:`METRIC_COLUMNS`) and the learning-curve PNG up to date.
+
+    On resume, rows of epochs after the restored checkpoint are dropped, so no epoch appears twice.
+    """
+
+    def __init__(self, out: str | Path, metric_name: str, title: str = ""):
+        self.path = Path(out) / "metrics.csv"
+        self.png = Path(out) / "learning_curve.png"
+        self.metric_name, self.title = metric_name, title
+        self.rows: list[dict] = []
+        self.t0 = time.time()
+
+    def on_fit_start(self, trainer, pl_module):
+        self.t0 = time.time()
+        done = trainer.current_epoch  # epochs completed before this fit (nonzero when resumed)
+        self.rows = [r for r in read_metrics(self.path) if r["epoch"] < done] if done else []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        last_epoch = (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch == 0
+        if pl_module.last_val and last_epoch:
+            self.record(trainer, pl_module, pl_module.last_val)
+
+    def record(self, trainer, pl_module, val: dict) -> None:
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **pl_module.take_train_means(),
+               **val, "elapsed_s": round(time.time() - self.t0, 2)}
+        pl_module.last_val = {}
+        if trainer.is_global_zero:
+            self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
+            write_metrics(self.path, self.rows)
+            try:
+                from ..diagnostics.plots import plot_learning_curve
+
+                plot_learning_curve(self.rows, self.png, self.metric_name, self.title)
+            except ImportError:  # matplotlib is optional
+                pass
+
+
+def finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)

@@ -1,0 +1,104 @@
+"""``deepsets train`` and ``deepsets eval``."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _int_or_str(v: str):
+    return int(v) if v.isdigit() else v
+
+
+def add_train_commands(sub) -> None:
+    from .config import TrainConfig
+
+    p = sub.add_parser("train", help="train a model on a task (offline default data unless --data)",
+                       description="Train a set model. Values come from --config (YAML), then these flags; "
+                                   "the resolved config is saved as OUT/config.yaml.")
+    p.add_argument("--config", help="YAML file of TrainConfig keys")
+    p.add_argument("--task", help="normal-var | mnist-var | point-cloud | hematocrit | anemia | set-anomaly")
+    p.add_argument("--model", help="deepsets | deepsets++ | settransformer | settransformer++")
+    p.add_argument("--depth", type=int)
+    p.add_argument("--dim", type=int)
+    p.add_argument("--norm", help="set | layer | feature | none")
+    p.add_argument("--residual", help="clean | nonclean | none")
+    p.add_argument("--pool", help="sum | mean | max (Deep Sets family)")
+    p.add_argument("--epochs", type=int, help="default: the paper's for the task (50; 30 for hematocrit)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--set-size", type=int, help="elements per set the model sees")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--data", help="real-format file or folder (default: the task's offline data)")
+    p.add_argument("--channels", nargs="+", help="FCS/h5ad channel names to use as features")
+    p.add_argument("--set-column", help="h5ad obs column naming each cell's set")
+    p.add_argument("--label-column", help="h5ad obs column with each set's label")
+    p.add_argument("--n-train", type=int, help="number of generated/simulated training sets")
+    p.add_argument("--n-test", type=int, help="number of generated/simulated test sets")
+    p.add_argument("--fixed-subset", action="store_true", default=None)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--out", help="run folder (default runs/TASK-MODEL-dDEPTH-sSEED)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run files in an existing --out")
+    p.add_argument("--accelerator", help="cpu | gpu | auto")
+    p.add_argument("--devices", type=_int_or_str, help="number of devices (or 'auto')")
+    p.add_argument("--strategy", help="auto | ddp | ...")
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--precision", help="32-true | bf16-mixed | 16-mixed | ...")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="test metrics of a checkpoint (table + JSON)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="real-format test data (default: the data the model was trained on)")
+    p.add_argument("--task", help="(checked against the checkpoint's task)")
+    p.add_argument("--subsets", type=int, help="average predictions over this many random subsets per set")
+    p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
+    p.set_defaults(func=_cmd_eval)
+
+
+CONFIG_FLAGS = ["task", "model", "depth", "dim", "norm", "residual", "pool", "epochs", "max_steps", "batch_size",
+                "set_size", "lr", "seed", "grad_clip", "data", "fixed_subset", "eval_every", "num_workers", "out",
+                "accelerator", "devices", "strategy", "num_nodes", "precision", "progress"]
+
+
+def config_from_args(args):
+    from .config import TrainConfig
+
+    overrides = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
+    opts = {k: v for k, v in {"channels": args.channels, "set_column": args.set_column,
+                              "label_column": args.label_column, "n_train": args.n_train,
+                              "n_test": args.n_test}.items() if v is not None}
+    cfg = TrainConfig.load(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides, "command line")
+    cfg.task_options = {**cfg.task_options, **opts}
+    return cfg
+
+
+def _cmd_train(args) -> int:
+    from .run import train
+
+    cfg = config_from_args(args)
+    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    final = summary["final"] or {}
+    print(f"run folder: {summary['out']}  (epochs {summary['epochs_done']}, steps {summary['steps']})")
+    if final:
+        print(f"final: train_loss {final['train_loss']:.5g}  val_loss {final['val_loss']:.5g}  "
+              f"val_metric {final['val_metric']:.5g}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .run import evaluate, format_table, load_checkpoint, write_json
+
+    if args.task:
+        hp_task = load_checkpoint(args.checkpoint).hparams["task"]
+        if hp_task != args.task:
+            raise ValueError(f"{args.checkpoint}: the checkpoint was trained on task {hp_task!r}, not {args.task!r}")
+    result = evaluate(args.checkpoint, data=args.data, subsets=args.subsets)
+    print(format_table(result))
+    print(json.dumps(result))
+    if args.json_out:
+        write_json(args.json_out, result)
+    return 0

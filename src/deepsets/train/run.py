@@ -1,0 +1,270 @@
+"""Train, evaluate and predict: the functions behind ``deepsets train|eval|predict``."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..data import collate_sets, get_task, load_task
+from .callbacks import AtomicCheckpointIO, MetricsCSV, NonFiniteLossError, SubsetEpoch, read_metrics
+from .config import TrainConfig
+from .module import SetModule
+
+RUN_FILES = ("config.yaml", "metrics.csv", "learning_curve.png", "checkpoints", "results.json")
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic train/validation split of ``n`` training sets (at least one of each when n >= 2)."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = min(max(1, int(round(n * val_fraction))), n - 1) if n >= 2 and val_fraction > 0 else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class SetDataModule(pl.LightningDataModule):
+    """Train/validation sets from the task's training split, test sets from its test split."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.train_set = self.val_set = self.test_set = None
+
+    def load(self, split: str):
+        c = self.cfg
+        return load_task(c.task, split, data=c.data, set_size=c.set_size, seed=c.seed,
+                         fixed_subset=c.fixed_subset, **c.task_options)
+
+    def setup(self, stage: str | None = None):
+        if self.train_set is not None:
+            return
+        full = self.load("train")
+        train_idx, val_idx = split_indices(len(full), self.cfg.val_fraction, self.cfg.seed)
+        self.train_set = Subset(full, train_idx.tolist())
+        # validation sees one fixed subset of each set (epoch 0), whatever epoch training is in
+        self.val_set = Subset(self.load("train"), val_idx.tolist())
+        self.info = describe_dataset(full)
+
+    def _loader(self, ds, shuffle: bool):
+        return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, collate_fn=collate_sets,
+                          num_workers=self.cfg.num_workers, persistent_workers=False, drop_last=False)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False)
+
+
+def describe_dataset(ds) -> dict:
+    return {"in_dim": int(ds.in_dim), "out_dim": int(ds.out_dim), "num_classes": ds.num_classes,
+            "source": str(getattr(ds, "source", "")), "sets": len(ds)}
+
+
+def model_kwargs(cfg: TrainConfig, info: dict) -> dict:
+    """``create_model`` arguments: the task's sizes, pooling and output kind + the config's overrides."""
+    from ..models import get_preset
+
+    spec = get_task(cfg.task)
+    kw = {"in_dim": info["in_dim"], "out_dim": info["out_dim"], "output": spec.output}
+    for k in ("depth", "dim", "norm", "residual"):
+        if getattr(cfg, k) is not None:
+            kw[k] = getattr(cfg, k)
+    if "pool" in get_preset(cfg.model).config_cls.field_names() and get_preset(cfg.model).defaults.get("pool") != "pma":
+        kw["pool"] = cfg.pool or spec.pool
+    elif cfg.pool is not None:
+        kw["pool"] = cfg.pool
+    return kw
+
+
+# ---------------------------------------------------------------------------------------------------- train
+def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Create the run folder; an existing non-empty one is refused unless resuming or overwriting."""
+    out = Path(out)
+    if resume:
+        if not (out / "checkpoints" / "last.ckpt").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint to resume from at {out / 'checkpoints' / 'last.ckpt'}")
+        return out
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"output folder {out} already holds files; pass --resume to continue that run, "
+                f"--overwrite to replace it, or choose another --out"
+            )
+        for name in RUN_FILES:  # only what a run writes; anything else of the user's stays
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / ".write-test"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"output folder {out} is not writable: {e.strerror}") from None
+    return out
+
+
+def default_out(cfg: TrainConfig) -> str:
+    depth = cfg.depth if cfg.depth is not None else "default"
+    return str(Path("runs") / f"{cfg.task}-{cfg.model}-d{depth}-s{cfg.seed}")
+
+
+def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, extra_callbacks=()) -> pl.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",
+                           save_last=True, save_top_k=1, every_n_epochs=cfg.eval_every,
+                           save_on_train_epoch_end=True, enable_version_counter=False)
+    epochs = cfg.epochs if cfg.epochs is not None else get_task(cfg.task).paper_epochs
+    return pl.Trainer(
+        max_epochs=epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
+        strategy=cfg.strategy, num_nodes=cfg.num_nodes, precision=cfg.precision,
+        gradient_clip_val=cfg.grad_clip, check_val_every_n_epoch=cfg.eval_every,
+        callbacks=[SubsetEpoch(), MetricsCSV(out, metric_name, title), ckpt, *extra_callbacks],
+        plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=cfg.progress,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=out,
+        deterministic=False, use_distributed_sampler=True,
+    )
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train one model; returns a summary (and writes ``config.yaml``, ``metrics.csv``, checkpoints, PNG)."""
+    spec = get_task(cfg.task)
+    if cfg.out is None:
+        cfg.out = default_out(cfg)
+    out = prepare_out_dir(cfg.out, resume, overwrite)
+    if resume:  # the saved config is the run's; command-line values only extend the budget
+        saved = TrainConfig.load(out / "config.yaml")
+        for k in ("epochs", "max_steps", "progress", "accelerator", "devices", "strategy", "num_nodes", "num_workers"):
+            setattr(saved, k, getattr(cfg, k))
+        saved.out = str(out)
+        cfg = saved
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = SetDataModule(cfg)
+    dm.setup("fit")
+    kw = model_kwargs(cfg, dm.info)
+    module = SetModule(cfg.model, kw, cfg.task, spec.loss, spec.metric, cfg.lr, train_config=cfg.to_dict(),
+                       data_info=dm.info)
+    if not resume:
+        cfg.save(out / "config.yaml")
+    title = f"{cfg.model} depth {module.model.config.depth} on {cfg.task}"
+    trainer = build_trainer(cfg, out, spec.metric, title)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    ckpt_path = str(out / "checkpoints" / "last.ckpt") if resume else None
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(f"{e} Checkpoints in {out / 'checkpoints'} hold the last good state.") from None
+    metrics_cb = next(c for c in trainer.callbacks if isinstance(c, MetricsCSV))
+    if trainer.is_global_zero and (not metrics_cb.rows or metrics_cb.rows[-1]["step"] != trainer.global_step):
+        # the step budget ended mid-epoch: evaluate once more so the final state is in metrics.csv
+        trainer.validate(module, datamodule=dm, verbose=False)
+        metrics_cb.record(trainer, module, module.last_val)
+        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    rows = read_metrics(out / "metrics.csv")
+    summary = {"out": str(out), "model": cfg.model, "task": cfg.task, "depth": module.model.config.depth,
+               "epochs_done": trainer.current_epoch, "steps": trainer.global_step,
+               "final": rows[-1] if rows else None, "best_val_loss": min((r["val_loss"] for r in rows), default=None)}
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+def load_checkpoint(path: str | Path, map_location="cpu") -> SetModule:
+    """Load a training checkpoint; a missing, corrupt or foreign file gives a clear error."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint does not exist: {p}")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{p}: not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not hp or "model" not in hp or "model_kwargs" not in hp or "state_dict" not in ckpt:
+        raise ValueError(f"{p}: not a deepsets training checkpoint (no model description inside)")
+    module = SetModule(**hp)
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{p}: weights do not match the model described in the checkpoint: {e}") from None
+    return module.eval()
+
+
+@torch.no_grad()
+def predict_dataset(model, ds, batch_size: int = 64, subsets: int = 1, device="cpu") -> torch.Tensor:
+    """Model outputs for every set of ``ds``, averaged over ``subsets`` random subsets of large sets."""
+    model = model.to(device).eval()
+    outs = []
+    base = getattr(ds, "dataset", ds)
+    for j in range(subsets):
+        if hasattr(base, "set_epoch"):
+            base.set_epoch(j)
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_sets)
+        preds = [model(x.to(device), mask.to(device)).float().cpu() for x, mask, _ in loader]
+        if preds and preds[0].dim() == 3:  # per-element outputs: pad every batch to the largest set
+            n = max(p.shape[1] for p in preds)
+            preds = [torch.nn.functional.pad(p, (0, 0, 0, n - p.shape[1])) for p in preds]
+        outs.append(torch.cat(preds))
+    if hasattr(base, "set_epoch"):
+        base.set_epoch(0)
+    return torch.stack(outs).mean(0)
+
+
+def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", subsets: int | None = None,
+             batch_size: int = 64, task_options: dict | None = None) -> dict:
+    """Test metrics of a checkpoint on the task's test split (offline default or ``data``)."""
+    from .module import task_loss
+
+    module = load_checkpoint(checkpoint)
+    hp = module.hparams
+    cfg = TrainConfig.from_dict(hp["train_config"]) if hp.get("train_config") else TrainConfig(task=hp["task"])
+    opts = dict(cfg.task_options) if data is None else {}
+    opts.update(task_options or {})
+    ds = load_task(hp["task"], split, data=data if data is not None else cfg.data, set_size=cfg.set_size,
+                   seed=cfg.seed, **opts)
+    if ds.in_dim != module.model.config.in_dim:
+        raise ValueError(f"{data or 'data'}: sets have {ds.in_dim} features but the checkpoint's model expects "
+                         f"{module.model.config.in_dim}")
+    k = subsets if subsets is not None else cfg.eval_subsets
+    out = predict_dataset(module.model, ds, batch_size, k)
+    ys = torch.stack([ds[i][1] for i in range(len(ds))])
+    mask = None
+    if hp["loss"] == "ce_elements":
+        mask = torch.zeros(out.shape[:2], dtype=torch.bool)
+        for i in range(len(ds)):
+            mask[i, : ds[i][0].shape[0]] = True
+    loss, metric = task_loss(hp["loss"], out, ys, mask)
+    result = {"checkpoint": str(checkpoint), "task": hp["task"], "model": hp["model"],
+              "depth": module.model.config.depth, "split": split, "sets": len(ds), "subsets": k,
+              "loss": loss.item(), hp["metric"]: metric.item()}
+    if hp["metric"] == "mse":  # the MSE of always predicting the test labels' mean
+        ys_f = ys.float().view_as(out)
+        result["label_variance"] = ((ys_f - ys_f.mean()) ** 2).mean().item()
+    return result
+
+
+def format_table(result: dict) -> str:
+    width = max(len(k) for k in result)
+    lines = []
+    for k, v in result.items():
+        val = f"{v:.6g}" if isinstance(v, float) else str(v)
+        lines.append(f"{k:<{width}}  {val}")
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, obj) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2))
