@@ -60,11 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set-size", type=int, default=1000)
     p.set_defaults(func=_cmd_smoke)
 
-    p = sub.add_parser("demo", help="the main demo (what `make demo` runs)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--set-size", type=int, default=1000)
-    p.set_defaults(func=_cmd_smoke)
-
     for module, fn in _EXTENSIONS:
         try:
             mod = __import__(f"deepsets.{module}", fromlist=[fn])
@@ -80,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTENSIONS = [
     ("data.cli", "add_data_commands"),
     ("train.cli", "add_train_commands"),
+    ("train.cli", "add_experiment_commands"),
 ]
 
 

@@ -47,12 +47,14 @@ def plot_learning_curve(rows: list[dict], path: str | Path, metric: str = "mse",
 
 
 def plot_curves(curves: dict[str, list[dict]], path: str | Path, key: str = "val_loss", title: str = "",
-                ylabel: str = "validation MSE") -> None:
-    """Several runs' learning curves on one axis (e.g. Deep Sets vs Deep Sets++)."""
+                ylabel: str = "validation MSE", baseline: tuple[str, float] | None = None) -> None:
+    """Several runs' learning curves on one axis (e.g. Deep Sets vs Deep Sets++), with an optional baseline."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, rows in curves.items():
         ax.plot([r["epoch"] + 1 for r in rows], [r[key] for r in rows], "o-", ms=3, label=label)
+    if baseline is not None:
+        ax.axhline(baseline[1], color="gray", ls="--", lw=1, label=baseline[0])
     ax.set_xlabel("epoch"), ax.set_ylabel(ylabel), ax.set_yscale("log"), ax.grid(alpha=0.3), ax.legend()
     if title:
         ax.set_title(title)

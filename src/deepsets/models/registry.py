@@ -5,7 +5,7 @@ those defaults, validates the result and builds the model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .base import SetModel, SetModelConfig
 from .deepsets import DeepSets, DeepSetsConfig
@@ -56,6 +56,14 @@ def get_preset(name: str) -> Preset:
     if name not in _PRESETS:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     return _PRESETS[name]
+
+
+def preset_default(name: str, key: str):
+    """The value a preset gives ``key`` when not overridden (its own default, else the family's)."""
+    preset = get_preset(name)
+    if key in preset.defaults:
+        return preset.defaults[key]
+    return {f.name: f.default for f in fields(preset.config_cls)}.get(key)
 
 
 def model_config(name: str, in_dim: int, out_dim: int, **overrides) -> SetModelConfig:

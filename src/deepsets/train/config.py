@@ -44,6 +44,7 @@ class TrainConfig:
     out: str | None = None
     eval_every: int = 1  # validate (and checkpoint) every this many epochs
     progress: bool = True
+    paper: dict = field(default_factory=dict)  # for configs/paper/: table, row, column, the paper's number
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -70,21 +70,31 @@ def describe_dataset(ds) -> dict:
 
 def model_kwargs(cfg: TrainConfig, info: dict) -> dict:
     """``create_model`` arguments: the task's sizes, pooling and output kind + the config's overrides."""
-    from ..models import get_preset
+    from ..models import preset_default
 
     spec = get_task(cfg.task)
     kw = {"in_dim": info["in_dim"], "out_dim": info["out_dim"], "output": spec.output}
-    for k in ("depth", "dim", "norm", "residual"):
+    for k in ("depth", "dim", "norm", "residual", "pool"):
         if getattr(cfg, k) is not None:
             kw[k] = getattr(cfg, k)
-    if "pool" in get_preset(cfg.model).config_cls.field_names() and get_preset(cfg.model).defaults.get("pool") != "pma":
-        kw["pool"] = cfg.pool or spec.pool
-    elif cfg.pool is not None:
-        kw["pool"] = cfg.pool
+    if cfg.pool is None and preset_default(cfg.model, "pool") != "pma":
+        kw["pool"] = spec.pool  # Deep Sets family: the task's pooling (max for point clouds)
     return kw
 
 
 # ---------------------------------------------------------------------------------------------------- train
+def quiet_lightning(verbose: bool = True) -> None:
+    """Hide Lightning's advice that does not apply here (worker counts, tips); keep its real warnings."""
+    import logging
+
+    for pattern in (".*does not have many workers.*", ".*sync_dist=True.*", ".*LeafSpec.*is deprecated.*",
+                    ".*weights_only.*", ".*litlogger.*", ".*isinstance\\(treespec, LeafSpec\\).*"):
+        warnings.filterwarnings("ignore", message=pattern)
+    if not verbose:  # "GPU available: False ..." banners
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Create the run folder; an existing non-empty one is refused unless resuming or overwriting."""
     out = Path(out)
@@ -161,9 +171,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         cfg.save(out / "config.yaml")
     title = f"{cfg.model} depth {module.model.config.depth} on {cfg.task}"
     trainer = build_trainer(cfg, out, spec.metric, title)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    quiet_lightning(verbose=cfg.progress)
     ckpt_path = str(out / "checkpoints" / "last.ckpt") if resume else None
+    if cfg.max_steps > 0:  # a step budget may end before the first validation; the final one is done below
+        warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     except NonFiniteLossError as e:
@@ -174,6 +185,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
         trainer.validate(module, datamodule=dm, verbose=False)
         metrics_cb.record(trainer, module, module.last_val)
         trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+        if not (out / "checkpoints" / "best.ckpt").exists():  # no epoch finished: the final state is the best
+            trainer.save_checkpoint(out / "checkpoints" / "best.ckpt")
     rows = read_metrics(out / "metrics.csv")
     summary = {"out": str(out), "model": cfg.model, "task": cfg.task, "depth": module.model.config.depth,
                "epochs_done": trainer.current_epoch, "steps": trainer.global_step,

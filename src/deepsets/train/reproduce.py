@@ -1,0 +1,184 @@
+"""``deepsets reproduce table1|table2``: run the grid of ``configs/paper/`` and compare with the paper.
+
+Each YAML under ``configs/paper/TABLE/`` is one table cell (a :class:`TrainConfig` plus the paper's number);
+a budget scales data, set size and epochs. Every (cell, seed) run lives in ``OUT/runs/CELL-sSEED/`` and is
+skipped when its ``results.json`` exists, so an interrupted reproduction continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from .config import TrainConfig
+
+# What each budget changes in a cell's config, per task ("*" = every task). Values are TrainConfig fields;
+# n_train / n_test go to the data generators (offline data only).
+BUDGETS: dict[str, dict[str, dict]] = {
+    # seconds per cell: checks that every cell runs end to end
+    "smoke": {"*": dict(epochs=1, max_steps=2, batch_size=8, set_size=16, n_train=24, n_test=8)},
+    # sized for a 2-core CPU: the normal-var and mnist-var columns of Table 2 (24 cells, 3 seeds) in about an hour
+    "cpu": {
+        "normal-var": dict(epochs=6, batch_size=64, set_size=100, n_train=2000, n_test=500),
+        "mnist-var": dict(epochs=6, batch_size=64, n_train=3000, n_test=1000),
+        "hematocrit": dict(epochs=5, batch_size=64, set_size=200, n_train=1000, n_test=300),
+        "anemia": dict(epochs=5, batch_size=64, set_size=200, n_train=1000, n_test=300),
+        "point-cloud": dict(epochs=5, batch_size=64, set_size=200, n_train=1200, n_test=300),
+        "set-anomaly": dict(epochs=6, batch_size=64, n_train=3000, n_test=1000),
+    },
+    # the paper's: Adam 1e-4, batch 64, 50 epochs (30 for hematocrit), full sets (for a GPU)
+    "paper": {"*": dict()},
+}
+DEFAULT_SEEDS = {"smoke": [0], "cpu": [0, 1, 2], "paper": [0, 1, 2]}
+
+
+def config_root() -> Path:
+    """``configs/paper`` of the source tree (the repository root, or the working directory)."""
+    for base in (Path(__file__).resolve().parents[3], Path.cwd()):
+        p = base / "configs" / "paper"
+        if p.is_dir():
+            return p
+    raise FileNotFoundError("configs/paper not found: run from the repository root")
+
+
+def cell_files(table: str, tasks: list[str] | None = None) -> list[Path]:
+    folder = config_root() / table
+    if not folder.is_dir():
+        valid = sorted(p.name for p in config_root().iterdir() if p.is_dir())
+        raise ValueError(f"unknown table {table!r}; valid: {', '.join(valid)}")
+    cfgs = {f: TrainConfig.load(f) for f in folder.glob("*.yaml")}
+    if tasks:
+        from ..data import get_task
+
+        for t in tasks:
+            get_task(t)  # clear error for an unknown task
+        cfgs = {f: c for f, c in cfgs.items() if c.task in tasks}
+    return sorted(cfgs, key=lambda f: paper_order(cfgs[f]))
+
+
+MODEL_ORDER = ["deepsets", "deepsets++", "settransformer", "settransformer++"]
+TASK_ORDER = ["hematocrit", "point-cloud", "mnist-var", "normal-var", "set-anomaly", "anemia"]
+
+
+def paper_order(cfg: TrainConfig) -> tuple:
+    """Rows and columns in the order the paper prints them."""
+    def idx(seq, v):
+        return seq.index(v) if v in seq else len(seq)
+
+    family = 0 if cfg.model.startswith("deepsets") else 1
+    return (family, idx(MODEL_ORDER, cfg.model), cfg.depth or 0, idx(["nonclean", "clean"], cfg.residual),
+            idx(["layer", "feature", "set", "none"], cfg.norm), idx(TASK_ORDER, cfg.task))
+
+
+def budget_config(path: Path, budget: str, seed: int, out: Path) -> TrainConfig:
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; valid: {', '.join(BUDGETS)}")
+    cfg = TrainConfig.load(path)
+    b = {**BUDGETS[budget].get("*", {}), **BUDGETS[budget].get(cfg.task, {})}
+    opts = {k: b.pop(k) for k in ("n_train", "n_test") if k in b}
+    if cfg.data is None:  # generator sizes only apply to the offline data
+        if cfg.task in ("hematocrit", "anemia") and budget == "smoke":
+            opts["cells"] = 64
+        cfg.task_options = {**cfg.task_options, **opts}
+    for k, v in b.items():
+        setattr(cfg, k, v)
+    cfg.seed, cfg.progress = seed, False
+    cfg.out = str(out / "runs" / f"{path.stem}-s{seed}")
+    return cfg
+
+
+def run_cell(cfg: TrainConfig) -> dict:
+    """Train one (cell, seed) and evaluate its best checkpoint on the test split; cached in results.json."""
+    from .run import evaluate, train, write_json
+
+    done = Path(cfg.out) / "results.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    resume = (Path(cfg.out) / "checkpoints" / "last.ckpt").is_file()
+    t0 = time.time()
+    summary = train(cfg, resume=resume, overwrite=not resume)
+    result = evaluate(Path(cfg.out) / "checkpoints" / "best.ckpt")
+    result.update({"train_seconds": round(time.time() - t0, 1), "steps": summary["steps"],
+                   "epochs": summary["epochs_done"], "paper": cfg.paper, "seed": cfg.seed})
+    write_json(done, result)
+    return result
+
+
+def reported_value(result: dict) -> float:
+    """Table 1 reports the test loss; Table 2 the test metric (MSE or accuracy)."""
+    if result["paper"].get("reported") == "test loss":
+        return result["loss"]
+    return result["mse"] if "mse" in result else result["accuracy"]
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, float("nan")
+    var = sum((v - m) ** 2 for v in values) / (n - 1)
+    return m, math.sqrt(var / n)
+
+
+def results_markdown(table: str, budget: str, results: list[dict], command: str) -> str:
+    cells: dict[tuple, list[dict]] = {}
+    for r in results:
+        cells.setdefault((r["paper"]["row"], r["paper"]["column"]), []).append(r)
+    rows = list(dict.fromkeys(k[0] for k in cells))
+    cols = list(dict.fromkeys(k[1] for k in cells))
+    lines = [f"# Reproduction of the paper's {table.replace('table', 'Table ')} ({budget} budget)", "",
+             f"Command: `{command}`", "",
+             "Each cell: this project's test value, mean +- standard error over seeds (n = seeds), then the paper's "
+             "number in parentheses. " + ("Test loss (Table 1)." if table == "table1" else
+                                         "Test metric: MSE for regression, accuracy for classification (Table 2)."),
+             ""]
+    metrics = {c: cells[next(k for k in cells if k[1] == c)][0]["paper"]["metric"] for c in cols}
+    head = ["family", "residual", "norm"] if table == "table1" else ["model", "layers"]
+    lines.append("| " + " | ".join(head) + " | " + " | ".join(f"{c} ({metrics[c]})" for c in cols) + " |")
+    lines.append("|" + "---|" * (len(head) + len(cols)))
+    for row in rows:
+        out = []
+        for c in cols:
+            rs = cells.get((row, c))
+            if not rs:
+                out.append("")
+                continue
+            m, se = mean_se([reported_value(r) for r in rs])
+            paper = rs[0]["paper"].get("value")
+            se_s = "" if math.isnan(se) else f" +- {se:.4f}"
+            out.append(f"{m:.4f}{se_s} (n={len(rs)}; paper {paper if paper is not None else 'n/a'})")
+        lines.append(f"| {row} | " + " | ".join(out) + " |")
+    extra = sorted({(r["task"], round(r.get("label_variance", float('nan')), 4)) for r in results
+                    if "label_variance" in r})
+    if extra:
+        lines += ["", "Predicting the test labels' mean gives MSE: " +
+                  ", ".join(f"{t} {v}" for t, v in extra) + "."]
+    secs = sum(r.get("train_seconds", 0) for r in results)
+    lines += ["", f"Total training + evaluation time: {secs / 60:.1f} min over {len(results)} runs."]
+    return "\n".join(lines) + "\n"
+
+
+def reproduce(table: str, budget: str = "smoke", tasks: list[str] | None = None, seeds: list[int] | None = None,
+              out: str | Path | None = None, command: str = "", echo=print) -> Path:
+    out = Path(out or Path("runs") / f"reproduce-{table}-{budget}")
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = seeds if seeds else DEFAULT_SEEDS[budget]
+    files = cell_files(table, tasks)
+    if not files:
+        raise ValueError(f"no cells of {table} for tasks {tasks}")
+    jobs = [(f, s) for f in files for s in seeds]
+    results = []
+    t0 = time.time()
+    for i, (f, s) in enumerate(jobs, 1):
+        cfg = budget_config(f, budget, s, out)
+        r = run_cell(cfg)
+        results.append(r)
+        echo(f"[{i}/{len(jobs)}] {f.stem} seed {s}: {reported_value(r):.4f} "
+             f"(paper {cfg.paper.get('value')}) [{(time.time() - t0) / 60:.1f} min]")
+    md = results_markdown(table, budget, results, command or f"deepsets reproduce {table} --budget {budget}")
+    from .io import atomic_write_text
+
+    atomic_write_text(out / "results.md", md)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    return out / "results.md"

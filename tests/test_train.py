@@ -1,0 +1,194 @@
+"""Training, evaluation, prediction, resume, DDP and every shipped config (deepsets.train, the CLI)."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepsets.train import TrainConfig, evaluate, train
+from deepsets.train.callbacks import METRIC_COLUMNS, read_metrics
+from deepsets.train.reproduce import BUDGETS, budget_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+CLI = [sys.executable, "-m", "deepsets.cli"]
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DEEPSETS_DATA", str(tmp_path_factory.getbasetemp() / "deepsets-data"))
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(task="normal-var", model="deepsets++", depth=2, dim=16, epochs=2, batch_size=8, set_size=16,
+                progress=False, task_options={"n_train": 40, "n_test": 16})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def env():
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def test_configs_exist_for_every_table_cell():
+    t1 = list((ROOT / "configs/paper/table1").glob("*.yaml"))
+    t2 = list((ROOT / "configs/paper/table2").glob("*.yaml"))
+    assert len(t1) == 12 * 4 and len(t2) == 12 * 6
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
+def test_every_shipped_config_trains_one_step(path, tmp_path):
+    cfg = budget_config(path, "smoke", 0, tmp_path)
+    cfg.max_steps, cfg.epochs = 1, 1
+    summary = train(cfg)
+    rows = read_metrics(Path(cfg.out) / "metrics.csv")
+    assert summary["steps"] == 1 and len(rows) == 1
+    assert np.isfinite(rows[0]["train_loss"]) and np.isfinite(rows[0]["val_loss"])
+    saved = TrainConfig.load(Path(cfg.out) / "config.yaml")
+    assert saved.model == cfg.model and saved.depth == cfg.depth and saved.paper == cfg.paper
+
+
+def test_train_writes_run_files_and_learns(tmp_path):
+    cfg = tiny(out=str(tmp_path / "run"), epochs=4, lr=3e-3)
+    train(cfg)
+    run = Path(cfg.out)
+    for name in ("config.yaml", "metrics.csv", "learning_curve.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    with open(run / "metrics.csv") as f:
+        header = next(csv.reader(f))
+    assert header == METRIC_COLUMNS
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    result = evaluate(run / "checkpoints" / "best.ckpt")
+    assert result["sets"] == 16 and np.isfinite(result["mse"]) and result["mse"] == pytest.approx(result["loss"])
+
+
+def test_existing_run_folder_is_never_overwritten_silently(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds files.*--resume.*--overwrite"):
+        train(tiny(out=str(out)))
+    train(tiny(out=str(out), epochs=1), overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        train(tiny(out=str(tmp_path / "empty")), resume=True)
+
+
+def test_eval_and_predict_cli(tmp_path):
+    cfg = tiny(out=str(tmp_path / "run"), epochs=1)
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    r = subprocess.run(CLI + ["eval", "--checkpoint", str(ckpt), "--json", str(tmp_path / "e.json")],
+                       capture_output=True, text=True, env=env())
+    assert r.returncode == 0, r.stderr
+    assert "mse" in r.stdout and json.loads((tmp_path / "e.json").read_text())["sets"] == 16
+    # .npy input: sets of different content, predictions must differ per set and match the Python model
+    sets = np.random.default_rng(0).normal(size=(5, 30, 1)).astype(np.float32) * np.arange(1, 6)[:, None, None]
+    np.save(tmp_path / "sets.npy", sets)
+    out_csv = tmp_path / "pred.csv"
+    r = subprocess.run(CLI + ["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "sets.npy"),
+                              "--output", str(out_csv)], capture_output=True, text=True, env=env())
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [row["set"] for row in rows] == ["0", "1", "2", "3", "4"]
+    from deepsets.train import load_checkpoint
+
+    model = load_checkpoint(ckpt).model
+    expected = model(torch.from_numpy(sets)).detach().numpy().ravel()
+    np.testing.assert_allclose([float(r["prediction"]) for r in rows], expected, rtol=1e-4)
+    # HDF5 input in the Flow-RBC-like layout, and a wrong feature count
+    import h5py
+
+    with h5py.File(tmp_path / "sets.h5", "w") as f:
+        f["test_data"] = sets
+        f["wrong"] = np.zeros((2, 4, 3), np.float32)
+    r = subprocess.run(CLI + ["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "sets.h5")],
+                       capture_output=True, text=True, env=env())
+    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 6
+    r = subprocess.run(CLI + ["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "sets.h5"),
+                              "--key", "wrong"], capture_output=True, text=True, env=env())
+    assert r.returncode == 1 and "3 features" in r.stderr and "expects 1" in r.stderr
+
+
+def test_grad_norms_cli(tmp_path):
+    r = subprocess.run(CLI + ["grad-norms", "--model", "deepsets:50", "--compare", "deepsets++:50",
+                              "--task", "mnist-var", "--batch", "8", "--out", str(tmp_path)],
+                       capture_output=True, text=True, env=env())
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "grad_norms.json").read_text())
+    ds, dspp = data["deepsets depth 50"], data["deepsets++ depth 50"]
+    assert ds[0]["grad_norm"] / ds[-1]["grad_norm"] < 1e-6  # vanishing
+    assert 1e-2 < dspp[0]["grad_norm"] / dspp[-1]["grad_norm"] < 1e2  # healthy
+    assert (tmp_path / "grad_norms.png").stat().st_size > 1000 and (tmp_path / "grad_norms.csv").is_file()
+
+
+def test_reproduce_smoke_writes_results_table(tmp_path):
+    from deepsets.train.reproduce import reproduce
+
+    md = reproduce("table1", "smoke", tasks=["normal-var"], seeds=[0, 1], out=tmp_path, echo=lambda *_: None)
+    text = md.read_text()
+    assert "| Deep Sets | clean | set |" in text and "paper 0.0198" in text and "n=2" in text
+    assert len(list((tmp_path / "runs").iterdir())) == 12 * 2
+    # a second call reuses the finished runs (resumable reproduction)
+    t0 = time.time()
+    reproduce("table1", "smoke", tasks=["normal-var"], seeds=[0, 1], out=tmp_path, echo=lambda *_: None)
+    assert time.time() - t0 < 30
+
+
+def _run_cli_train(args, **kw):
+    return subprocess.Popen(CLI + ["train"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env(), **kw)
+
+
+def test_sigkill_then_resume_loses_and_repeats_no_epoch(tmp_path):
+    out = tmp_path / "run"
+    args = ["--task", "normal-var", "--model", "deepsets++", "--depth", "2", "--dim", "16", "--epochs", "8",
+            "--batch-size", "4", "--set-size", "64", "--n-train", "200", "--n-test", "8", "--out", str(out),
+            "--no-progress"]
+    proc = _run_cli_train(args)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        rows = read_metrics(out / "metrics.csv") if (out / "metrics.csv").exists() else []
+        if len(rows) >= 2:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = len(read_metrics(out / "metrics.csv"))
+    assert 2 <= killed_at < 8, "the run should be killed mid-way"
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)  # loadable: written atomically
+    proc = _run_cli_train(args + ["--resume"])
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log
+    rows = read_metrics(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == list(range(8))
+    steps = [r["step"] for r in rows]
+    per_epoch = steps[0]
+    assert steps == [per_epoch * (e + 1) for e in range(8)]  # optimizer steps continue from the checkpoint
+    assert ckpt["epoch"] <= killed_at
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    proc = _run_cli_train(["--task", "normal-var", "--model", "deepsets++", "--depth", "2", "--dim", "16",
+                           "--epochs", "2", "--batch-size", "4", "--set-size", "16", "--n-train", "40",
+                           "--n-test", "8", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+                           "--out", str(out), "--no-progress"])
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log
+    rows = read_metrics(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [0, 1]
+    # 36 training sets, batch 4 per process, 2 processes -> 5 steps per epoch (DistributedSampler pads to 40)
+    assert rows[-1]["step"] == 10
+    assert all(np.isfinite(r["val_loss"]) for r in rows)
