@@ -94,7 +94,7 @@ def test_eval_and_predict_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "mse" in r.stdout and json.loads((tmp_path / "e.json").read_text())["sets"] == 16
     # .npy input: sets of different content, predictions must differ per set and match the Python model
-    sets = np.random.default_rng(0).normal(size=(5, 30, 1)).astype(np.float32) * np.arange(1, 6)[:, None, None]
+    sets = (np.random.default_rng(0).normal(size=(5, 30, 1)) * np.arange(1, 6)[:, None, None]).astype(np.float32)
     np.save(tmp_path / "sets.npy", sets)
     out_csv = tmp_path / "pred.csv"
     r = subprocess.run(CLI + ["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "sets.npy"),

@@ -78,7 +78,7 @@ class MetricsCSV(pl.Callback):
         self.rows: list[dict] = []
         self.t0 = time.time()
 
-    def on_fit_start(self, trainer, pl_module):
+    def on_train_start(self, trainer, pl_module):  # after a checkpoint's loop state is restored
         self.t0 = time.time()
         done = trainer.current_epoch  # epochs completed before this fit (nonzero when resumed)
         self.rows = [r for r in read_metrics(self.path) if r["epoch"] < done] if done else []

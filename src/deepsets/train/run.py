@@ -126,6 +126,13 @@ def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = Fal
     return out
 
 
+def launched_worker() -> bool:
+    """True in the extra processes Lightning's DDP launcher starts (they re-run the same command)."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
 def default_out(cfg: TrainConfig) -> str:
     depth = cfg.depth if cfg.depth is not None else "default"
     return str(Path("runs") / f"{cfg.task}-{cfg.model}-d{depth}-s{cfg.seed}")
@@ -154,7 +161,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     spec = get_task(cfg.task)
     if cfg.out is None:
         cfg.out = default_out(cfg)
-    out = prepare_out_dir(cfg.out, resume, overwrite)
+    if launched_worker():  # a DDP process started by Lightning: rank 0 has prepared the folder
+        out = Path(cfg.out)
+    else:
+        out = prepare_out_dir(cfg.out, resume, overwrite)
     if resume:  # the saved config is the run's; command-line values only extend the budget
         saved = TrainConfig.load(out / "config.yaml")
         for k in ("epochs", "max_steps", "progress", "accelerator", "devices", "strategy", "num_nodes", "num_workers"):
@@ -167,7 +177,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     kw = model_kwargs(cfg, dm.info)
     module = SetModule(cfg.model, kw, cfg.task, spec.loss, spec.metric, cfg.lr, train_config=cfg.to_dict(),
                        data_info=dm.info)
-    if not resume:
+    if not resume and not launched_worker():
         cfg.save(out / "config.yaml")
     title = f"{cfg.model} depth {module.model.config.depth} on {cfg.task}"
     trainer = build_trainer(cfg, out, spec.metric, title)
