@@ -76,24 +76,63 @@ _EXTENSIONS = [
     ("data.cli", "add_data_commands"),
     ("train.cli", "add_train_commands"),
     ("train.cli", "add_experiment_commands"),
+    ("bench", "add_bench_command"),
 ]
+
+
+def _error_message(err: BaseException) -> str:
+    """One line for the user: the error's own message (file, set, expected vs found), squeezed onto one line."""
+    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    if isinstance(err, KeyError) and len(err.args) == 1:  # str(KeyError) is just the quoted key
+        text = f"missing key {err.args[0]!r}"
+    if len(text) > 1000:
+        text = text[:1000] + " ..."
+    # Our own errors already say what went wrong; name the type of anything else (torch, h5py, ...)
+    known = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+    if not isinstance(err, known) or not text:
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text
+
+
+def _short_usage_errors(parser: argparse.ArgumentParser) -> None:
+    """Usage errors as two lines (not the whole usage text), and ``--debug`` accepted after the subcommand too."""
+
+    def error(message, _p=parser):
+        _p.exit(2, f"{_p.prog}: error: {message}\n(run {_p.prog} --help for usage)\n")
+
+    parser.error = error
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                if "--debug" not in sp._option_string_actions:
+                    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                    help="show full tracebacks")
+                _short_usage_errors(sp)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _short_usage_errors(parser)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    command = " ".join(c for c in (getattr(args, "command", None), getattr(args, "data_command", None)) if c)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, OSError) as err:
-        if args.debug:
+    except (SystemExit, GeneratorExit):
+        raise
+    except Exception as err:  # noqa: BLE001 - every failure gets a short message; --debug shows the traceback
+        if getattr(args, "debug", False):
             raise
-        print(f"deepsets {args.command}: error: {err}", file=sys.stderr)
+        if isinstance(err, MemoryError):
+            msg = "out of memory (try a smaller --batch-size or --set-size)"
+        else:
+            msg = _error_message(err)
+        print(f"deepsets {command}: error: {msg}", file=sys.stderr)
         print("(run with --debug for the full traceback)", file=sys.stderr)
         return 1
 

@@ -24,6 +24,9 @@ __all__ = [
     "subset_indices",
     "subset_views",
     "target_tensor",
+    "check_class_labels",
+    "check_regression_labels",
+    "require_labels",
 ]
 
 
@@ -81,6 +84,60 @@ def subset_views(x, set_size: int, k: int, seed: int = 0) -> torch.Tensor:
     return t[torch.from_numpy(idx)]
 
 
+def check_class_labels(labels, num_classes: int | None, what: str, n_elements: int | None = None,
+                       first_index: int | None = None) -> None:
+    """Raise :class:`DataError` unless every label is an integer in ``[0, num_classes)`` (and, for the index of
+    an element, below ``n_elements``). ``what`` names the file/key for the message; with ``first_index`` set,
+    the message names the index of the first bad label (labels checked as a whole array at load time)."""
+    a = np.asarray(labels).reshape(-1)
+    if a.size == 0:
+        return
+    if a.dtype.kind in "fc":
+        bad = ~np.isfinite(a) | (a != np.round(a))
+    elif a.dtype.kind in "iub":
+        bad = np.zeros(a.shape, dtype=bool)
+    else:
+        raise DataError(f"{what}: expected integer class labels, found values of type {a.dtype}")
+    hi = num_classes if num_classes else None
+    if n_elements is not None:
+        hi = n_elements if hi is None else min(hi, n_elements)
+    with np.errstate(invalid="ignore"):
+        bad |= a < 0
+        if hi is not None:
+            bad |= a >= hi
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        at = "" if first_index is None else f" at set {first_index + j}"
+        rng = f"0..{hi - 1}" if hi is not None else ">= 0"
+        found = "a missing value (NaN)" if a.dtype.kind == "f" and np.isnan(a[j]) else repr(a[j].item())
+        count = f" ({int(bad.sum())} bad labels in all)" if bad.sum() > 1 else ""
+        classes = f" for {num_classes} classes" if num_classes else ""
+        raise DataError(f"{what}{at}: expected an integer class label in {rng}{classes}, found {found}{count}")
+
+
+def check_regression_labels(labels, what: str, first_index: int = 0) -> None:
+    """Raise :class:`DataError` naming the first set whose regression label is NaN or infinite."""
+    a = np.asarray(labels)
+    if a.dtype.kind not in "fciub":
+        raise DataError(f"{what}: expected numeric labels, found values of type {a.dtype}")
+    a = a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
+    bad = ~np.isfinite(a).all(axis=1)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        count = f" ({int(bad.sum())} sets in all)" if bad.sum() > 1 else ""
+        raise DataError(f"{what} at set {first_index + j}: expected a finite number, found "
+                        f"{a[j].tolist()}{count} (a missing label?)")
+
+
+def require_labels(ds) -> None:
+    """Training and evaluation need a label for every set: raise :class:`DataError` for unlabeled data."""
+    base = getattr(ds, "dataset", ds)
+    if getattr(base, "has_labels", True) is False:
+        raise DataError(f"{getattr(base, 'source', 'data')}: no labels found (expected labels.csv with columns "
+                        f"file,label for FCS, or label_column=... / --label-column for .h5ad); labels are "
+                        f"needed to train or evaluate, `deepsets predict` works without them")
+
+
 def target_tensor(y: Any, kind: str) -> torch.Tensor:
     """Convert a target to the tensor form of the task: ``float32 [out_dim]`` (regression) or ``int64 []``."""
     if kind == "regression":
@@ -120,7 +177,8 @@ class H5Source:
         except DataError:
             raise
         except Exception as e:  # h5py raises OSError/KeyError/ValueError for damaged files
-            raise DataError(f"{self.path}: cannot read {key}[{index}]: {e}") from e
+            raise DataError(f"{self.path}: cannot read {key}[{index}] (corrupt or truncated?): "
+                            f"{' '.join(str(e).split())}") from e
 
     def close(self):
         if self._file is not None:
@@ -131,17 +189,54 @@ class H5Source:
             self._file = None
 
 
-def open_h5(path: str | os.PathLike):
-    """Open an HDF5 file read-only; a missing path raises FileNotFoundError, a damaged one DataError."""
-    import h5py
+# What h5py raises when a file's metadata (object headers, heaps, B-trees) is damaged.
+_H5_ERRORS = (KeyError, RuntimeError, OSError, ValueError, TypeError, IndexError, AttributeError, SystemError)
 
+
+def _damaged(path, e: BaseException) -> DataError:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return DataError(f"{path}: damaged HDF5 file (corrupt or truncated?): {type(e).__name__}: {text}")
+
+
+_checked_file_class = None
+
+
+def _h5_file_class():
+    """``h5py.File`` whose ``with`` block turns h5py's errors on damaged files into :class:`DataError`."""
+    global _checked_file_class
+    if _checked_file_class is None:
+        import h5py
+
+        class CheckedH5File(h5py.File):
+            def __exit__(self, exc_type, exc, tb):
+                path = getattr(self, "_deepsets_path", "HDF5 file")
+                try:
+                    super().__exit__(exc_type, exc, tb)
+                except Exception:  # noqa: BLE001, S110 - closing a damaged file
+                    pass
+                if exc is not None and isinstance(exc, _H5_ERRORS) and not isinstance(exc, DataError):
+                    raise _damaged(path, exc) from exc
+                return False
+
+        _checked_file_class = CheckedH5File
+    return _checked_file_class
+
+
+def open_h5(path: str | os.PathLike):
+    """Open an HDF5 file read-only; a missing path raises FileNotFoundError, a damaged one DataError.
+
+    Used as ``with open_h5(path) as f: ...``, h5py errors raised inside the block (damaged metadata found while
+    reading keys, shapes or values) also become :class:`DataError` naming the file.
+    """
     p = check_exists(path)
     if p.is_dir():
         raise DataError(f"{p}: expected an HDF5 file, found a folder")
     try:
-        return h5py.File(p, "r")
+        f = _h5_file_class()(p, "r")
     except Exception as e:
         raise DataError(f"{p}: not a readable HDF5 file (corrupt or truncated?): {e}") from e
+    f._deepsets_path = p
+    return f
 
 
 def require_keys(f, path, keys: Sequence[str]) -> None:
@@ -207,18 +302,61 @@ class SetDataset(Dataset):
         return index
 
     def get_set(self, index: int, subsample: bool = True) -> np.ndarray:
-        """Set ``index`` as float32 array ``[n, D]`` (the epoch's subset unless ``subsample=False``)."""
+        """Set ``index`` as float32 array ``[n, D]`` (the epoch's subset unless ``subsample=False``).
+
+        Raises :class:`DataError` naming the source and the set if the set is empty or holds NaN/inf values.
+        """
         index = self._check_index(index)
         x = np.asarray(self._raw_set(index))
+        self.check_set(index, x)  # before subsampling: positions in the message are those of the source set
         if subsample and self.set_size is not None and x.shape[0] > self.set_size:
             x = x[subset_indices(x.shape[0], self.set_size, self.seed, self._subset_epoch(), index)]
-        return np.ascontiguousarray(self._transform(x), dtype=np.float32)
+        x = np.ascontiguousarray(self._transform(x), dtype=np.float32)
+        return x if x.flags.writeable else x.copy()  # e.g. a memory-mapped file: torch needs writable arrays
+
+    def set_label(self, index: int) -> str:
+        """How messages name set ``index``: its position, plus its name where the source has one."""
+        name = self.set_name(index) if hasattr(self, "set_name") else None
+        return f"set {index}" + (f" ({name})" if name is not None and str(name) != str(index) else "")
+
+    def check_set(self, index: int, x: np.ndarray) -> None:
+        """Raise :class:`DataError` if set ``index`` is empty or holds NaN/infinite values."""
+        if x.shape[0] == 0:
+            raise DataError(f"{self.source}: {self.set_label(index)} is empty (expected at least one element, "
+                            f"found 0); remove it from the data")
+        if x.dtype.kind in "fc" and not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            where = f"element {bad[0]}" + (f", feature {bad[1]}" if len(bad) > 1 else "")
+            raise DataError(f"{self.source}: {self.set_label(index)} holds a NaN or infinite feature value "
+                            f"(expected finite numbers, found {x[tuple(bad)]} at {where}); clean or drop it")
+
+    def target_of(self, index: int, n_elements: int | None = None) -> torch.Tensor:
+        """The target of set ``index`` as a tensor, checked: finite for regression, a class index in range.
+
+        Datasets without labels (``has_labels = False``, e.g. FCS files without ``labels.csv``) return their
+        placeholder unchecked (NaN, or -1 for classes): they are for prediction only.
+        """
+        raw = self._target(index)
+        if getattr(self, "has_labels", True) is False:
+            return target_tensor(raw, self.target_kind)
+        what = f"{self.source}: label of {self.set_label(index)}"
+        if self.target_kind == "regression":
+            try:
+                y = target_tensor(raw, self.target_kind)
+            except (TypeError, ValueError) as e:
+                raise DataError(f"{what} is not a number (found {raw!r})") from e
+            if not torch.isfinite(y).all():
+                raise DataError(f"{what} is missing or not finite (expected a number, found {y.tolist()})")
+            return y
+        check_class_labels(np.asarray(raw).reshape(-1)[:1], self.num_classes, what, n_elements=n_elements)
+        return target_tensor(raw, self.target_kind)
 
     def __getitem__(self, index: int):
         index = self._check_index(index)
-        x = torch.from_numpy(self.get_set(index))
-        y = target_tensor(self._target(index), self.target_kind)
-        return x, y
+        x = self.get_set(index)
+        element_index = self.target_kind == "class" and self.out_dim == 1  # the target indexes an element
+        y = self.target_of(index, n_elements=x.shape[0] if element_index else None)
+        return torch.from_numpy(x), y
 
     def __repr__(self) -> str:
         return (

@@ -3,10 +3,13 @@
 FCS (needs the optional dependency ``flowio``: ``pip install deepsets[cytometry]``)
     ``data`` is a folder of ``*.fcs`` files (or one file). Channels are chosen by name with ``channels=[...]``
     (matched against ``$PnN``, then ``$PnS``); without it every channel is used, which must then match the
-    task's input size. Labels come from ``labels.csv`` in the folder with columns ``file,label`` and optionally
-    ``split`` (``train``/``test``); without a ``split`` column, subfolders ``train/`` and ``test/`` are used if
-    present, else every file is in both splits. Without ``labels.csv`` targets are missing (NaN for
-    regression, -1 for classes), which is enough for prediction. Files are read when their set is accessed.
+    task's input size. ``channel_map={"FSC-A": "RBC_Volume", ...}`` (``--channel-map FSC-A=RBC_Volume`` on the
+    command line) renames a file's channels before they are matched, so files from instruments that name the
+    same measurement differently are read with one list of ``channels``. Labels come from ``labels.csv`` in the
+    folder with columns ``file,label`` and optionally ``split`` (``train``/``test``); every ``.fcs`` file must
+    have a row. Without a ``split`` column, subfolders ``train/`` and ``test/`` are used if present, else every
+    file is in both splits. Without ``labels.csv`` targets are missing (NaN for regression, -1 for classes),
+    which is enough for prediction (training refuses such data). Files are read when their set is accessed.
 
 AnnData ``.h5ad`` (read directly with ``h5py``; ``anndata`` is not needed)
     One row of ``X`` per cell; ``obs[set_column]`` names the set, ``obs[label_column]`` (default ``label`` when
@@ -14,7 +17,10 @@ AnnData ``.h5ad`` (read directly with ``h5py``; ``anndata`` is not needed)
     present) selects train/test rows. ``X`` may be dense or CSR (``encoding-type`` ``csr_matrix``); ``obs`` and
     ``var`` columns may be plain arrays, strings or categoricals (anndata >= 0.8 layout with ``categories`` and
     ``codes``, or the older ``__categories`` layout). Channels are ``var`` names. Rows are read per set on
-    access.
+    access. ``channel_map`` renames ``var`` names as for FCS.
+
+Labels are checked when the data are opened: a missing, non-numeric or NaN label, or a class outside
+``0..num_classes-1``, raises :class:`~deepsets.data.DataError` naming the file and the set.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ import numpy as np
 
 from ._base import DataError, SetDataset, check_exists, open_h5
 
-__all__ = ["FCSDataset", "H5ADDataset", "fcs_channels", "h5ad_var_names", "read_fcs", "read_h5ad_column"]
+__all__ = ["FCSDataset", "H5ADDataset", "fcs_channels", "h5ad_var_names", "parse_channel_map", "read_fcs",
+           "read_h5ad_column"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -62,12 +69,41 @@ def fcs_channels(path) -> tuple[list[str], list[str]]:
     return [fd.channels[k].get("pnn", "") for k in keys], [fd.channels[k].get("pns", "") for k in keys]
 
 
-def _select(names_n, names_s, channels, path, expect_dim=None):
+def parse_channel_map(channel_map) -> dict[str, str]:
+    """``channel_map`` as a dict ``{name in the file: name to use}``.
+
+    Accepts a dict, or a list of ``"FILE_NAME=NAME"`` strings (the ``--channel-map`` command-line form).
+    """
+    if channel_map is None:
+        return {}
+    if isinstance(channel_map, dict):
+        return {str(k): str(v) for k, v in channel_map.items()}
+    if isinstance(channel_map, str):
+        channel_map = [channel_map]
+    out = {}
+    for item in channel_map:
+        old, sep, new = str(item).partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise ValueError(f"channel map entry {item!r}: expected FILE_CHANNEL=NAME (e.g. FSC-A=RBC_Volume)")
+        out[old.strip()] = new.strip()
+    return out
+
+
+def _select(names_n, names_s, channels, path, expect_dim=None, channel_map=None):
+    """Column indices of ``channels`` among a file's channel names (``$PnN`` first, then ``$PnS``).
+
+    ``channel_map`` (``{name in the file: name to use}``) renames the file's channels first, so files that name
+    the same measurement differently can be read with one list of ``channels``.
+    """
+    cmap = parse_channel_map(channel_map)
+    if cmap:
+        names_n = [cmap.get(n, n) for n in names_n]
+        names_s = [cmap.get(n, n) for n in names_s]
     if channels is None:
         if expect_dim is not None and len(names_n) != expect_dim:
             raise DataError(
                 f"{path}: has {len(names_n)} channels {names_n} but the task needs {expect_dim}; "
-                f"choose them with channels=[...]"
+                f"choose them with channels=[...] (--channels on the command line)"
             )
         return list(range(len(names_n)))
     idx = []
@@ -77,18 +113,20 @@ def _select(names_n, names_s, channels, path, expect_dim=None):
         elif c in names_s:
             idx.append(names_s.index(c))
         else:
-            avail = names_n + [s for s in names_s if s]
-            raise DataError(f"{path}: channel {c!r} not found; available channels: {avail}")
+            avail = names_n + [s for s in names_s if s and s not in names_n]
+            raise DataError(f"{path}: channel {c!r} not found (expected channels {list(channels)}); available "
+                            f"channels: {avail}; rename a file's channel with channel_map / "
+                            f"--channel-map FILE_CHANNEL={c}")
     return idx
 
 
-def read_fcs(path, channels: Sequence[str] | None = None) -> np.ndarray:
+def read_fcs(path, channels: Sequence[str] | None = None, channel_map=None) -> np.ndarray:
     """Events of an FCS file as float32 ``[events, channels]`` (raw values, no transform)."""
     fd = _open_fcs(path)
     keys = sorted(fd.channels, key=int)
     names_n = [fd.channels[k].get("pnn", "") for k in keys]
     names_s = [fd.channels[k].get("pns", "") for k in keys]
-    idx = _select(names_n, names_s, channels, path)
+    idx = _select(names_n, names_s, channels, path, channel_map=channel_map)
     try:
         arr = np.asarray(fd.as_array(preprocess=False), dtype=np.float32)
     except Exception as e:
@@ -115,10 +153,11 @@ class FCSDataset(SetDataset):
 
     def __init__(self, data, split: str = "train", task: str = "hematocrit", channels: Sequence[str] | None = None,
                  target_kind: str = "regression", out_dim: int = 1, expect_dim: int | None = None,
-                 labels: str | os.PathLike | None = None, **kw):
+                 labels: str | os.PathLike | None = None, channel_map=None, **kw):
         super().__init__(**kw)
         root = check_exists(data)
         self.task, self.target_kind, self.channels = task, target_kind, list(channels) if channels else None
+        self.channel_map = parse_channel_map(channel_map)
         self.num_classes = out_dim if target_kind == "class" else None
         self.out_dim = out_dim
         if root.is_file():
@@ -132,29 +171,44 @@ class FCSDataset(SetDataset):
         missing = float("nan") if target_kind == "regression" else -1
         if lab_path.exists():
             rows = _read_labels_csv(lab_path)
-            by_name = {}
+            by_name, listed = {}, set()
             for r in rows:
+                listed.add((r.get("file") or "").strip())
                 if "split" in r and r["split"] and r["split"].strip() != split:
                     continue
                 by_name[r["file"].strip()] = r["label"].strip()
             has_split = "split" in rows[0]
-            chosen, targets = [], []
+            chosen, targets, unlabeled = [], [], []
             for f in files:
                 rel = f.relative_to(folder).as_posix() if f.is_relative_to(folder) else f.name
                 key = rel if rel in by_name else (f.name if f.name in by_name else None)
                 if key is None:
+                    if rel not in listed and f.name not in listed:
+                        unlabeled.append(rel)
                     continue
                 in_subfolders = not has_split and (folder / "train").is_dir() and (folder / "test").is_dir()
                 if in_subfolders and not rel.startswith(f"{split}/"):
                     continue
                 chosen.append(f)
+                value = by_name[key]
                 try:
-                    targets.append(float(by_name[key]) if target_kind == "regression" else int(by_name[key]))
-                except ValueError as e:
-                    raise DataError(f"{lab_path}: bad label {by_name[key]!r} for {key}: {e}") from e
+                    t = float(value) if target_kind == "regression" else int(value)
+                except ValueError:
+                    kind = "a number" if target_kind == "regression" else "an integer class label"
+                    found = "an empty (missing) label" if not value else repr(value)
+                    raise DataError(f"{lab_path}: label of {key}: expected {kind}, found {found}") from None
+                if target_kind == "regression" and not np.isfinite(t):
+                    raise DataError(f"{lab_path}: label of {key}: expected a finite number, found {value!r}")
+                if target_kind == "class" and not 0 <= t < out_dim:
+                    raise DataError(f"{lab_path}: label of {key}: expected a class in 0..{out_dim - 1} "
+                                    f"for {out_dim} classes, found {t}")
+                targets.append(t)
             unknown = set(by_name) - {f.relative_to(folder).as_posix() for f in files} - {f.name for f in files}
             if unknown:
                 raise DataError(f"{lab_path}: lists files that do not exist: {sorted(unknown)[:5]}")
+            if unlabeled:
+                raise DataError(f"{lab_path}: no label for {len(unlabeled)} file(s) of {folder}: "
+                                f"{sorted(unlabeled)[:5]}; add a row (file,label) for each, or move them out")
             files = chosen
             self.has_labels = True
         else:
@@ -165,8 +219,9 @@ class FCSDataset(SetDataset):
         self.files, self.targets = files, targets
         if files:
             names_n, names_s = fcs_channels(files[0])
-            self._idx = _select(names_n, names_s, self.channels, files[0], expect_dim)
-            self.channel_names = [names_n[i] for i in self._idx]
+            self._idx = _select(names_n, names_s, self.channels, files[0], expect_dim, self.channel_map)
+            mapped = [self.channel_map.get(n, n) for n in names_n]
+            self.channel_names = list(self.channels) if self.channels else [mapped[i] for i in self._idx]
             self.in_dim = len(self._idx)
         else:
             self.channel_names, self.in_dim = list(self.channels or []), len(self.channels or [])
@@ -179,7 +234,7 @@ class FCSDataset(SetDataset):
         return self.files[index].name
 
     def _raw_set(self, index):
-        return read_fcs(self.files[index], self.channel_names)
+        return read_fcs(self.files[index], self.channel_names, self.channel_map)
 
     def _target(self, index):
         return self.targets[index]
@@ -235,7 +290,7 @@ class H5ADDataset(SetDataset):
     def __init__(self, path, split: str = "train", task: str = "hematocrit", set_column: str | None = None,
                  label_column: str | None = None, split_column: str | None = None,
                  channels: Sequence[str] | None = None, target_kind: str = "regression", out_dim: int = 1,
-                 expect_dim: int | None = None, **kw):
+                 expect_dim: int | None = None, channel_map=None, **kw):
         super().__init__(**kw)
         self.path = Path(path)
         self.task, self.target_kind, self.out_dim = task, target_kind, out_dim
@@ -247,8 +302,8 @@ class H5ADDataset(SetDataset):
             obs = f["obs"]
             obs_cols = [k for k in obs if not k.startswith("__") and k != obs.attrs.get("_index", "_index")]
             if set_column is None:
-                raise DataError(f"{path}: pass set_column=... (the obs column naming each cell's set); "
-                                f"obs columns: {obs_cols}")
+                raise DataError(f"{path}: no set column given: pass set_column=... (--set-column on the command "
+                                f"line), the obs column naming each cell's set; obs columns: {obs_cols}")
             sets = read_h5ad_column(obs, set_column, path)
             n_cells = len(sets)
             X = f["X"]
@@ -272,8 +327,9 @@ class H5ADDataset(SetDataset):
             var_names = h5ad_var_names(f, path)
             if len(var_names) != shape[1]:
                 raise DataError(f"{path}: X has {shape[1]} columns but var has {len(var_names)} names")
-            self._idx = _select(var_names, [], channels, path, expect_dim)
-            self.channel_names = [var_names[i] for i in self._idx]
+            self._idx = _select(var_names, [], channels, path, expect_dim, channel_map)
+            cmap = parse_channel_map(channel_map)
+            self.channel_names = [cmap.get(var_names[i], var_names[i]) for i in self._idx]
             self.in_dim = len(self._idx)
             if split_column is None and "split" in obs_cols:
                 split_column = "split"
@@ -301,10 +357,17 @@ class H5ADDataset(SetDataset):
                 raise DataError(f"{path}: label column {label_column!r} is not constant within set {name!r}: "
                                 f"{sorted(map(str, vals))[:5]}")
             v = vals.pop()
+            what = f"{path}: label column {label_column!r}, set {name!r}"
             try:
-                self.targets.append(float(v) if target_kind == "regression" else int(v))
-            except (TypeError, ValueError) as e:
-                raise DataError(f"{path}: bad label {v!r} for set {name!r}") from e
+                t = float(v) if target_kind == "regression" else int(float(v))
+            except (TypeError, ValueError):
+                kind = "a number" if target_kind == "regression" else "an integer class label"
+                raise DataError(f"{what}: expected {kind}, found {v!r}") from None
+            if target_kind == "regression" and not np.isfinite(t):
+                raise DataError(f"{what}: expected a finite number, found {v!r} (a missing label?)")
+            if target_kind == "class" and (not np.isfinite(float(v)) or float(v) != t or not 0 <= t < out_dim):
+                raise DataError(f"{what}: expected a class in 0..{out_dim - 1} for {out_dim} classes, found {v!r}")
+            self.targets.append(t)
         self.source = str(path)
         self._file = None
         self._pid = None

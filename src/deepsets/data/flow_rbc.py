@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._base import DataError, H5Source, SetDataset, _rng, data_dir, open_h5, require_keys
+from ._base import (DataError, H5Source, SetDataset, _rng, check_class_labels, check_regression_labels, data_dir,
+                    open_h5, require_keys)
 
 __all__ = ["PHENOTYPES", "FlowRBCDataset", "default_simulation", "simulate_flow_rbc"]
 
@@ -168,6 +169,15 @@ class FlowRBCDataset(SetDataset):
             raise DataError(f"{path}: {dk} has {ds[0]} sets but {label_key} has {ls[0]} labels")
         if task == "anemia" and not (np.issubdtype(ldt, np.integer) or np.issubdtype(ldt, np.bool_)):
             raise DataError(f"{path}: anemia labels {label_key} must be integer 0/1, found dtype {ldt}")
+        with open_h5(path) as f:  # labels are one number per set: small enough to check whole
+            try:
+                labels = np.asarray(f[label_key][()])
+            except Exception as e:
+                raise DataError(f"{path}: cannot read {label_key} (corrupt or truncated?): {e}") from e
+        if task == "anemia":
+            check_class_labels(labels, 2, f"{path}: {label_key}", first_index=0)
+        else:
+            check_regression_labels(labels, f"{path}: {label_key}")
         self.h5 = H5Source(path)
         self.dk, self.lk = dk, label_key
         self.n = int(ds[0])

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._base import DataError, H5Source, SetDataset, _rng, check_exists, data_dir, open_h5, require_keys
+from ._base import (DataError, H5Source, SetDataset, _rng, check_exists, check_regression_labels, data_dir, open_h5,
+                    require_keys)
 
 __all__ = [
     "MNIST_IDX_FILES",
@@ -280,6 +281,12 @@ class MNISTVarH5Dataset(SetDataset):
             raise DataError(f"{path}: {dk} has {shape[0]} sets but {lk} has {lshape[0]} labels")
         self.n = int(shape[0])
         self.dk, self.lk = dk, lk
+        with open_h5(path) as f:  # one number per set: small enough to check whole
+            try:
+                labels = np.asarray(f[lk][()])
+            except Exception as e:
+                raise DataError(f"{path}: cannot read {lk} (corrupt or truncated?): {e}") from e
+        check_regression_labels(labels, f"{path}: {lk}")
         self.lengths_key = None
         with open_h5(path) as f:
             lk2 = f"{split}_lengths"

@@ -88,13 +88,31 @@ class MAB(nn.Module):
             self.norm1 = make_norm(norm, dim)
 
     def forward(self, q: Tensor, k: Tensor, q_mask: Tensor | None = None, k_mask: Tensor | None = None) -> Tensor:
+        return self.forward_keys(q, self.key_input(k, k_mask), q_mask, k_mask)
+
+    def key_input(self, k: Tensor, k_mask: Tensor | None = None) -> Tensor:
+        """What the key/value projection sees: the normalized keys (clean) or the keys themselves."""
+        return self.norm_k(k, k_mask) if self.residual == "clean" else k
+
+    def query_input(self, q: Tensor, q_mask: Tensor | None = None) -> Tensor:
+        """What the query projection sees."""
+        if self.residual == "clean" and self.norm_q is not None:
+            return self.norm_q(q, q_mask)
+        return q
+
+    def after_attention(self, q: Tensor, qp: Tensor, att: Tensor, q_mask: Tensor | None = None) -> Tensor:
+        """The rest of the block once the attention output ``att`` is known (``qp`` = projected queries)."""
         if self.residual == "clean":
-            qn = q if self.norm_q is None else self.norm_q(q, q_mask)
-            h = q + self.attn(qn, self.norm_k(k, k_mask), k_mask)
+            h = q + att
             return zero_padding(h + F.relu(self.ff(self.norm_h(h, q_mask))), q_mask)
-        qp = self.attn.q(q)
-        h = self.norm0(qp + self.attn.attend(qp, k, k_mask), q_mask)
+        h = self.norm0(qp + att, q_mask)
         return self.norm1(h + F.relu(self.ff(h)), q_mask)
+
+    def forward_keys(self, q: Tensor, k_in: Tensor, q_mask: Tensor | None = None,
+                     k_mask: Tensor | None = None) -> Tensor:
+        """``forward`` with the key input already computed by :meth:`key_input`."""
+        qp = self.attn.q(self.query_input(q, q_mask))
+        return self.after_attention(q, qp, self.attn.attend(qp, k_in, k_mask), q_mask)
 
 
 class SAB(nn.Module):

@@ -2,8 +2,10 @@
 
 Convention (used by every layer and model): a batch of sets is ``x: float[B, N, D]`` with
 ``mask: bool[B, N]``, True = element present, ``mask=None`` = every element present.
-Padded rows may hold any finite value on input to a layer (models also accept inf/NaN there,
-see :func:`clear_padding`); layers return zeros in padded rows.
+Padded rows never influence valid rows. Models accept anything in padded rows (inf and NaN included: they
+are cleared once at the input, see :func:`clear_padding`) and return zeros there. Layers keep zero padding
+zero: norms and attention blocks always output zeros in padded rows; a residual block without biases passes
+its input's padded rows through (zero in, zero out), which saves a pass over the data.
 """
 from __future__ import annotations
 

@@ -43,6 +43,8 @@ class SetNorm(_AffineNorm):
     """
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if _CHUNK_HOOK is not None and mask is None:  # exact chunked inference (deepsets.models.chunked)
+            return _CHUNK_HOOK(self, x)
         dtype = stats_dtype(x)
         xs = x.to(dtype)
         if mask is None:
@@ -56,6 +58,22 @@ class SetNorm(_AffineNorm):
         var = centered.square().sum(dim=(1, 2), keepdim=True) / count
         y = centered * torch.rsqrt(var + self.eps)
         return (torch.addcmul(self.bias.to(dtype), y, self.weight.to(dtype)) * m).to(x.dtype)
+
+
+    def normalize(self, x: Tensor, mean: Tensor | float, rstd: Tensor | float) -> Tensor:
+        """Apply the norm with given statistics (e.g. of a whole set that is seen in chunks)."""
+        dtype = stats_dtype(x)
+        y = (x.to(dtype) - mean) * rstd
+        return torch.addcmul(self.bias.to(dtype), y, self.weight.to(dtype)).to(x.dtype)
+
+
+# Set by deepsets.models.chunked while it evaluates a huge set chunk by chunk; None otherwise.
+_CHUNK_HOOK = None
+
+
+def set_chunk_hook(hook) -> None:
+    global _CHUNK_HOOK
+    _CHUNK_HOOK = hook
 
 
 class LayerNorm(_AffineNorm):

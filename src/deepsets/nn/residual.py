@@ -10,6 +10,7 @@ Linear layers that feed a norm have no bias (with ``norm="none"`` they do, as in
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -32,7 +33,19 @@ class DeepSetsBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.residual == "clean":
-            h = self.fc1(F.relu(self.norm1(x, mask)))
-            return zero_padding(x + self.fc2(F.relu(self.norm2(h, mask))), mask)
-        h = F.relu(self.norm1(self.fc1(x), mask))
-        return zero_padding(F.relu(x + self.norm2(self.fc2(h), mask)), mask)
+            n1 = self.norm1(x, mask)
+            h = self.fc1(F.relu(n1, inplace=n1 is not x))  # never overwrite x: the skip path needs it
+            out = _add_linear(x, F.relu(self.norm2(h, mask), inplace=True), self.fc2)  # x + W2 r
+        else:
+            h = F.relu(self.norm1(self.fc1(x), mask), inplace=True)
+            out = F.relu(x + self.norm2(self.fc2(h), mask))
+        # Without biases padded rows stay exactly zero (norms output zero there), so no extra pass is needed.
+        return out if self.fc1.bias is None else zero_padding(out, mask)
+
+
+def _add_linear(x: Tensor, r: Tensor, fc: nn.Linear) -> Tensor:
+    """``x + fc(r)`` as one matrix product that accumulates into ``x`` (the residual add costs no extra pass)."""
+    if fc.bias is not None:
+        return x + fc(r)
+    shape = x.shape
+    return torch.addmm(x.reshape(-1, shape[-1]), r.reshape(-1, r.shape[-1]), fc.weight.t()).view(shape)

@@ -52,8 +52,16 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    with path.open() as f:
-        return [{k: (float(v) if k not in ("epoch", "step") else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+    def value(k, v):
+        if k in ("epoch", "step"):
+            return int(v)
+        return float(v) if v not in ("", None) else float("nan")
+
+    try:
+        with path.open() as f:
+            return [{k: value(k, v) for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable metrics file (expected columns {METRIC_COLUMNS}): {e}") from None
 
 
 def write_metrics(path: str | Path, rows: list[dict]) -> None:

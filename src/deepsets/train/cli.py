@@ -32,6 +32,8 @@ def add_train_commands(sub) -> None:
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--data", help="real-format file or folder (default: the task's offline data)")
     p.add_argument("--channels", nargs="+", help="FCS/h5ad channel names to use as features")
+    p.add_argument("--channel-map", nargs="+", metavar="FILE_CHANNEL=NAME",
+                   help="rename the files' FCS/h5ad channels before --channels are matched (e.g. FSC-A=volume)")
     p.add_argument("--set-column", help="h5ad obs column naming each cell's set")
     p.add_argument("--label-column", help="h5ad obs column with each set's label")
     p.add_argument("--n-train", type=int, help="number of generated/simulated training sets")
@@ -68,7 +70,12 @@ def config_from_args(args):
     from .config import TrainConfig
 
     overrides = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
-    opts = {k: v for k, v in {"channels": args.channels, "set_column": args.set_column,
+    channel_map = None
+    if args.channel_map:
+        from ..data.cytometry import parse_channel_map
+
+        channel_map = parse_channel_map(args.channel_map)
+    opts = {k: v for k, v in {"channels": args.channels, "channel_map": channel_map, "set_column": args.set_column,
                               "label_column": args.label_column, "n_train": args.n_train,
                               "n_test": args.n_test}.items() if v is not None}
     cfg = TrainConfig.load(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides, "command line")
@@ -110,7 +117,10 @@ def add_experiment_commands(sub) -> None:
     p.add_argument("--input", required=True, help=".h5/.hdf5 [sets, elements, features], .npy, .fcs or a folder "
                                                   "of them (one set per file), or .h5ad with --set-column")
     p.add_argument("--output", help="CSV file (default: print to standard output)")
-    p.add_argument("--channels", nargs="+", help="FCS/h5ad channel names, in the order the model was trained on")
+    p.add_argument("--channels", nargs="+", help="FCS/h5ad channel names, in the order the model was trained on "
+                                                 "(default: the channels recorded in the checkpoint)")
+    p.add_argument("--channel-map", nargs="+", metavar="FILE_CHANNEL=NAME",
+                   help="rename the input's channels to the names the model was trained on (e.g. FSC-A=volume)")
     p.add_argument("--set-column", help="h5ad obs column naming each cell's set")
     p.add_argument("--key", help="HDF5 dataset key (default: the first of test_data, data, train_data, ...)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -149,7 +159,8 @@ def _cmd_predict(args) -> int:
     from .predict import predict_file
 
     text, n = predict_file(args.checkpoint, args.input, args.output, channels=args.channels,
-                           set_column=args.set_column, key=args.key, batch_size=args.batch_size)
+                           set_column=args.set_column, key=args.key, batch_size=args.batch_size,
+                           channel_map=args.channel_map)
     if args.output:
         print(f"wrote {n} predictions to {args.output}")
     else:

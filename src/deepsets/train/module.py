@@ -56,8 +56,8 @@ class SetModule(pl.LightningModule):
             from .callbacks import NonFiniteLossError
 
             raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
-                f"stopping (the last good checkpoint is kept). Try a lower --lr or --grad-clip."
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
+                f"(batch {batch_idx}); training stopped"
             )
         n = batch[0].shape[0]
         self.train_loss.update(loss.detach(), n)
@@ -94,4 +94,13 @@ class SetModule(pl.LightningModule):
         return self.model(x, mask)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return make_adam(self.parameters(), self.lr)
+
+
+def make_adam(params, lr: float) -> torch.optim.Optimizer:
+    """Adam (the paper's optimizer); the fused implementation where this PyTorch build has one."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)

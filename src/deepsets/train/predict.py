@@ -64,24 +64,28 @@ class H5Sets(SetDataset):
     def _raw_set(self, i):
         if self._f is None:
             self._f = open_h5(self.path)
-        return np.asarray(self._f[self.key][i], dtype=np.float32)
+        try:
+            return np.asarray(self._f[self.key][i], dtype=np.float32)
+        except Exception as e:  # h5py's errors on damaged files
+            raise DataError(f"{self.path}: cannot read {self.key}[{i}] (corrupt or truncated?): {e}") from e
 
     def _target(self, i):
         return float("nan")
 
 
-def open_input(path, channels=None, set_column=None, key=None, expect_dim=None) -> SetDataset:
+def open_input(path, channels=None, set_column=None, key=None, expect_dim=None, channel_map=None) -> SetDataset:
     """The sets of a file to predict on: HDF5, ``.npy``, FCS file/folder, or ``.h5ad``."""
     p = check_exists(path)
     suffix = p.suffix.lower()
     if p.is_dir() or suffix == ".fcs":
         from ..data.cytometry import FCSDataset
 
-        return FCSDataset(p, channels=channels, expect_dim=expect_dim, set_size=None)
+        return FCSDataset(p, channels=channels, expect_dim=expect_dim, set_size=None, channel_map=channel_map)
     if suffix == ".h5ad":
         from ..data.cytometry import H5ADDataset
 
-        return H5ADDataset(p, set_column=set_column, channels=channels, expect_dim=expect_dim, set_size=None)
+        return H5ADDataset(p, set_column=set_column, channels=channels, expect_dim=expect_dim, set_size=None,
+                           channel_map=channel_map)
     if suffix == ".npy":
         return NpySets(p)
     if suffix in (".h5", ".hdf5", ".hdf"):
@@ -107,6 +111,8 @@ def predict_sets(model, ds, max_elements: int = 1_000_000, batch_size: int = 64)
     outs: list[np.ndarray] = []
     batch: list[torch.Tensor] = []
     first_index = 0
+    source = getattr(ds, "source", "") or "input"
+    label = ds.set_label if hasattr(ds, "set_label") else (lambda i: f"set {i}")
 
     def flush():
         nonlocal batch, first_index
@@ -116,12 +122,15 @@ def predict_sets(model, ds, max_elements: int = 1_000_000, batch_size: int = 64)
         bad = ~torch.isfinite(x).all(-1) & mask
         if bad.any():
             b = int(bad.any(1).nonzero()[0])
-            raise DataError(f"set {first_index + b} holds NaN or infinite feature values")
+            j = int(bad[b].nonzero()[0])
+            raise DataError(f"{source}: {label(first_index + b)} holds NaN or infinite feature values "
+                            f"(expected finite numbers; first at element {j})")
         try:
             check_nonempty(mask, x.shape[1])
         except ValueError:
             b = int((~mask.any(1)).nonzero()[0])
-            raise DataError(f"set {first_index + b} is empty (no elements)") from None
+            raise DataError(f"{source}: {label(first_index + b)} is empty (expected at least one element, "
+                            f"found 0)") from None
         y = model(x, mask).float()
         outs.extend(y.numpy())
         first_index += len(batch)
@@ -130,7 +139,8 @@ def predict_sets(model, ds, max_elements: int = 1_000_000, batch_size: int = 64)
     for i in range(len(ds)):
         x = torch.from_numpy(ds.get_set(i, subsample=False))
         if x.shape[-1] != model.config.in_dim:
-            raise DataError(f"set {i} has {x.shape[-1]} features but the model expects {model.config.in_dim}")
+            raise DataError(f"{source}: {label(i)} has {x.shape[-1]} features per element but the model "
+                            f"expects {model.config.in_dim}")
         if batch and (len(batch) >= batch_size or max(len(b) for b in batch + [x]) * (len(batch) + 1) > max_elements):
             flush()
         batch.append(x)
@@ -161,14 +171,24 @@ def predictions_csv(names: list[str], outputs: list[np.ndarray], loss_kind: str)
 
 
 def predict_file(checkpoint, input_path, output=None, channels=None, set_column=None, key=None,
-                 batch_size: int = 64) -> tuple[str, int]:
-    """Predict every set of ``input_path``; returns (CSV text, number of sets) and writes ``output`` if given."""
+                 batch_size: int = 64, channel_map=None) -> tuple[str, int]:
+    """Predict every set of ``input_path``; returns (CSV text, number of sets) and writes ``output`` if given.
+
+    For FCS and ``.h5ad`` input, ``channels`` defaults to the channels the model was trained on (recorded in the
+    checkpoint), and ``channel_map`` (``{name in the file: name to use}`` or ``["FILE=NAME", ...]``) renames
+    the new files' channels to those names.
+    """
     from .io import atomic_write_text
     from .run import load_checkpoint
 
     module = load_checkpoint(checkpoint)
+    if channels is None:
+        trained = ((module.hparams.get("train_config") or {}).get("task_options") or {}).get("channels")
+        suffix = Path(input_path).suffix.lower()
+        if trained and (Path(input_path).is_dir() or suffix in (".fcs", ".h5ad")):
+            channels = list(trained)
     ds = open_input(input_path, channels=channels, set_column=set_column, key=key,
-                    expect_dim=module.model.config.in_dim)
+                    expect_dim=module.model.config.in_dim, channel_map=channel_map)
     if ds.in_dim != module.model.config.in_dim:
         raise DataError(f"{input_path}: sets have {ds.in_dim} features per element but the checkpoint's model "
                         f"expects {module.model.config.in_dim}")

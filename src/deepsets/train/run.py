@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..data import collate_sets, get_task, load_task
+from ..data import DataError, collate_sets, get_task, load_task
+from ..data._base import require_labels
 from .callbacks import AtomicCheckpointIO, MetricsCSV, NonFiniteLossError, SubsetEpoch, read_metrics
 from .config import TrainConfig
 from .module import SetModule
@@ -46,6 +47,9 @@ class SetDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         full = self.load("train")
+        require_labels(full)
+        if len(full) == 0:
+            raise DataError(f"{getattr(full, 'source', 'data')}: no training sets found (expected at least one)")
         train_idx, val_idx = split_indices(len(full), self.cfg.val_fraction, self.cfg.seed)
         self.train_set = Subset(full, train_idx.tolist())
         # validation sees one fixed subset of each set (epoch 0), whatever epoch training is in
@@ -99,8 +103,16 @@ def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = Fal
     """Create the run folder; an existing non-empty one is refused unless resuming or overwriting."""
     out = Path(out)
     if resume:
-        if not (out / "checkpoints" / "last.ckpt").is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint to resume from at {out / 'checkpoints' / 'last.ckpt'}")
+        last = out / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last} (the run stopped before its "
+                                    f"first checkpoint); start it again with --overwrite")
+        if not (out / "config.yaml").is_file():
+            raise FileNotFoundError(f"--resume: {out / 'config.yaml'} is missing; cannot tell how the run was "
+                                    f"configured; start it again with --overwrite")
+        for stale in list(out.glob(".*.tmp")) + list((out / "checkpoints").glob(".*.tmp")):
+            stale.unlink(missing_ok=True)  # half-written files of a killed run (never renamed into place)
+        read_checkpoint(last)  # a clear error now rather than deep inside Lightning
         return out
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a folder")
@@ -116,7 +128,10 @@ def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = Fal
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"output folder {out} cannot be created: {e.strerror or e}") from None
     probe = out / ".write-test"
     try:
         probe.write_text("")
@@ -188,7 +203,16 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     except NonFiniteLossError as e:
-        raise NonFiniteLossError(f"{e} Checkpoints in {out / 'checkpoints'} hold the last good state.") from None
+        last = out / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            try:
+                epoch = read_checkpoint(last).get("epoch")
+                kept = f"the last good checkpoint {last} (end of epoch {epoch}) is kept"
+            except ValueError:
+                kept = f"the checkpoint {last} could not be read"
+        else:
+            kept = "no checkpoint had been written yet"
+        raise NonFiniteLossError(f"{e}; {kept}. Try a lower --lr or --grad-clip.") from None
     metrics_cb = next(c for c in trainer.callbacks if isinstance(c, MetricsCSV))
     if trainer.is_global_zero and (not metrics_cb.rows or metrics_cb.rows[-1]["step"] != trainer.global_step):
         # the step budget ended mid-epoch: evaluate once more so the final state is in metrics.csv
@@ -205,23 +229,47 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
 
 
 # ---------------------------------------------------------------------------------------------------- eval
-def load_checkpoint(path: str | Path, map_location="cpu") -> SetModule:
-    """Load a training checkpoint; a missing, corrupt or foreign file gives a clear error."""
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The contents of a deepsets checkpoint file, checked; a missing, corrupt or foreign file gives a clear
+    error (``FileNotFoundError`` or ``ValueError`` naming the file).
+
+    Loaded with ``weights_only=True``: a checkpoint can hold tensors and plain values only, never code.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{p}: expected a checkpoint file (.ckpt), found a folder")
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint does not exist: {p}")
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{p}: not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from None
+        first = str(e).strip().splitlines()[0].split(". ")[0][:200] if str(e).strip() else ""
+        raise ValueError(f"{p}: not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: "
+                         f"{first}") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not hp or "model" not in hp or "model_kwargs" not in hp or "state_dict" not in ckpt:
-        raise ValueError(f"{p}: not a deepsets training checkpoint (no model description inside)")
-    module = SetModule(**hp)
+    if not isinstance(hp, dict) or "model" not in hp or "model_kwargs" not in hp or "state_dict" not in ckpt:
+        found = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{p}: not a deepsets training checkpoint (expected hyper_parameters with a model "
+                         f"description and a state_dict, found {found})")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> SetModule:
+    """Load a training checkpoint; a missing, corrupt or foreign file gives a clear error."""
+    p = Path(path)
+    ckpt = read_checkpoint(p, map_location)
+    hp = ckpt["hyper_parameters"]
+    try:
+        module = SetModule(**hp)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{p}: the model described in the checkpoint cannot be built: {e}") from None
     try:
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise ValueError(f"{p}: weights do not match the model described in the checkpoint: {e}") from None
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0] if first else ""
+        raise ValueError(f"{p}: weights do not match the model described in the checkpoint (a checkpoint of a "
+                         f"different model?): {detail[:300]}") from None
     return module.eval()
 
 
@@ -257,6 +305,7 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
     opts.update(task_options or {})
     ds = load_task(hp["task"], split, data=data if data is not None else cfg.data, set_size=cfg.set_size,
                    seed=cfg.seed, **opts)
+    require_labels(ds)
     if ds.in_dim != module.model.config.in_dim:
         raise ValueError(f"{data or 'data'}: sets have {ds.in_dim} features but the checkpoint's model expects "
                          f"{module.model.config.in_dim}")
