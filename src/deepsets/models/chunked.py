@@ -141,9 +141,10 @@ def _streaming_attention(mab: MAB, q: Tensor, h: Tensor, chunk: int) -> Tensor:
     qp = _no_hook(lambda: attn.q(mab.query_input(q.unsqueeze(0)))).squeeze(0)  # [m, H]
     qh = qp.view(-1, heads, dh).transpose(0, 1).double()  # [heads, m, dh]
     m = qh.shape[1]
-    run_max = torch.full((heads, m, 1), -math.inf, dtype=torch.float64)
-    run_sum = torch.zeros(heads, m, 1, dtype=torch.float64)
-    acc = torch.zeros(heads, m, dh, dtype=torch.float64)
+    f64 = dict(dtype=torch.float64, device=qp.device)
+    run_max = torch.full((heads, m, 1), -math.inf, **f64)
+    run_sum = torch.zeros(heads, m, 1, **f64)
+    acc = torch.zeros(heads, m, dh, **f64)
 
     def keys(rows):
         return mab.key_input(rows.unsqueeze(0)).squeeze(0)
