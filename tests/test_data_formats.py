@@ -190,8 +190,13 @@ def test_fcs_folder(tmp_path):
     assert ds[0][0].shape == (30, 2)
     te = load_task("hematocrit", "test", data=folder, channels=["RBC_Volume", "RBC_HC"], set_size=0)
     assert len(te) == 1 and te[0][0].shape == (45, 2)
-    an = load_task("anemia", "train", data=folder, channels=["RBC_Volume", "RBC_HC"])
-    assert an[0][1].dtype == torch.int64
+    # hematocrit values are not classes: loading them as anemia labels is refused, naming the file
+    with pytest.raises(DataError, match="expected a class in 0..1"):
+        load_task("anemia", "train", data=folder, channels=["RBC_Volume", "RBC_HC"])[0]
+    with open(folder / "anemia.csv", "w", newline="") as fh:
+        fh.write("file,label,split\n" + "".join(f"patient{i}.fcs,{i % 2},train\n" for i in range(4)))
+    an = load_task("anemia", "train", data=folder, channels=["RBC_Volume", "RBC_HC"], labels=folder / "anemia.csv")
+    assert an[0][1].dtype == torch.int64 and [an[i][1].item() for i in range(len(an))] == [0, 1, 0, 1]
 
 
 def test_fcs_channel_errors(tmp_path):

@@ -3,7 +3,13 @@ sizes, batch compositions, paddings, permutations and value scales; numerically 
 random corruptions of the real file formats, which must give a clear error or a correct read, nothing else."""
 import csv
 import io
+import os
+import pickle
+import select
+import signal
 import tempfile
+import traceback
+import warnings
 from pathlib import Path
 
 import h5py
@@ -240,24 +246,66 @@ def _corrupt(raw: bytes, how) -> bytes:
 KINDS = ["flow-rbc.h5", "cells.h5ad", "patient.fcs", "sets.npy", "model.ckpt"]
 
 
+def _outcome(kind: str, path: Path):
+    """``("ok", None)``, ``("value_error", message)`` or ``("other", traceback)`` of reading the file."""
+    try:
+        result = _load_everything(kind, path)
+    except ValueError as e:  # DataError is a ValueError
+        return "value_error", str(e)
+    except Exception:  # noqa: BLE001
+        return "other", traceback.format_exc()
+    if isinstance(result, torch.Tensor):
+        return "ok", None  # a damaged checkpoint may still load; its (damaged) weights are its own values
+    for item in result:
+        x = item[0] if isinstance(item, tuple) else item
+        if not np.isfinite(np.asarray(x)).all():
+            return "other", "a set with NaN/inf values was returned without an error"
+    return "ok", None
+
+
+def _outcome_with_watchdog(kind: str, path: Path, timeout: float = 10.0):
+    """``_outcome`` in a forked child, so a read that never returns (inside a C library) cannot hang the tests:
+    returns ``("hang", None)`` then."""
+    if not hasattr(os, "fork"):
+        return _outcome(kind, path)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with os.fdopen(w, "wb") as fh:
+                pickle.dump(_outcome(kind, path), fh)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        ready, _, _ = select.select([fh], [], [], timeout)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "hang", None
+        data = fh.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(data) if data else ("other", "the reading process died (crash in a C library?)")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(how=corruptions)
 def test_corrupted_files_give_a_clear_error_or_a_clean_read(kind, how, good_files):
     """A damaged file is either still readable (damage in unused bytes; every value read is then finite) or
-    raises ValueError/DataError naming the file: never another exception, a crash or silent NaN."""
+    raises ValueError/DataError naming the file: never another exception, a crash or silent NaN.
+
+    One limit is outside this library: some damaged HDF5 metadata (e.g. a broken attribute) makes the HDF5 C
+    library itself loop; docs/errors.md says so. Such a read is reported as a warning here, not a failure."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / kind
         path.write_bytes(_corrupt(good_files[kind], how))
-        try:
-            result = _load_everything(kind, path)
-        except ValueError as e:  # DataError is a ValueError
-            assert kind in str(e) or path.parent.name in str(e), f"message does not name the file: {e}"
+        status, detail = _outcome_with_watchdog(kind, path)
+        if status == "hang":
+            assert kind.endswith((".h5", ".h5ad")), f"reading a damaged {kind} never returned"
+            warnings.warn(f"reading a damaged {kind} never returned (inside the HDF5 library): {how}")
             return
-        if isinstance(result, torch.Tensor):
-            assert torch.isfinite(result).all() or kind == "model.ckpt"  # damaged weights are a model's own values
-        else:
-            for item in result:
-                x = item[0] if isinstance(item, tuple) else item
-                assert np.isfinite(np.asarray(x)).all()
+        assert status != "other", detail
+        if status == "value_error":
+            assert kind in detail or path.parent.name in detail, f"message does not name the file: {detail}"

@@ -219,7 +219,8 @@ CASES = [
     ("predict-other-model-checkpoint", lambda f, c: ["predict", "--checkpoint", f / "other_model.ckpt",
                                                      "--input", f / "nan_sets.npy"],
      ["other_model.ckpt", "weights do not match", "different model"]),
-    ("eval-missing-checkpoint", lambda f, c: ["eval", "--checkpoint", f / "nope.ckpt"], ["nope.ckpt", "does not exist"]),
+    ("eval-missing-checkpoint", lambda f, c: ["eval", "--checkpoint", f / "nope.ckpt"],
+     ["nope.ckpt", "does not exist"]),
     ("train-missing-data", lambda f, c: _train(f / "nope.h5"), ["nope.h5", "does not exist"]),
     ("train-out-not-writable", lambda f, c: ["train", "--task", "normal-var", *TINY, "--out", f / "a_file" / "run"],
      ["a_file", "cannot be created"]),
@@ -468,3 +469,15 @@ def test_resume_refuses_a_corrupt_last_checkpoint(tmp_path):
     (run / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(ValueError, match=r"last.ckpt: not a readable checkpoint"):
         prepare_out_dir(run, resume=True)
+
+
+def test_errors_doc_lists_the_messages():
+    """docs/errors.md lists the messages the checks above produce."""
+    text = (ROOT / "docs" / "errors.md").read_text()
+    for phrase in ["holds a NaN or infinite feature value", "is empty (expected at least one element",
+                   "expected a finite number", "expected an integer class label", "no label for",
+                   "no labels found", "damaged HDF5 file", "missing key(s)", "sets but", "--channel-map",
+                   "no set column given", "not a readable checkpoint", "not a deepsets training checkpoint",
+                   "weights do not match", "data path does not exist", "already holds files", "cannot be created",
+                   "no checkpoint to resume", "training loss is nan at epoch", "--debug"]:
+        assert phrase in text, phrase

@@ -275,7 +275,7 @@ def read_h5ad_column(group, name: str, path="") -> np.ndarray:
 
 def h5ad_var_names(f, path="") -> list[str]:
     var = f["var"]
-    key = var.attrs.get("_index", "_index")
+    key = "_index" if "_index" in var else var.attrs.get("_index", "_index")
     key = key.decode() if isinstance(key, bytes) else str(key)
     if key not in var:
         key = "index" if "index" in var else None
@@ -300,7 +300,9 @@ class H5ADDataset(SetDataset):
                 if k not in f:
                     raise DataError(f"{path}: not an AnnData file: missing /{k}; found {sorted(f.keys())}")
             obs = f["obs"]
-            obs_cols = [k for k in obs if not k.startswith("__") and k != obs.attrs.get("_index", "_index")]
+            # obs/_index (the cell names) is not a column; attributes are only read when needed (a damaged
+            # attribute is where the HDF5 library is least robust)
+            obs_cols = [k for k in obs if not k.startswith("__") and k not in ("_index", "index")]
             if set_column is None:
                 raise DataError(f"{path}: no set column given: pass set_column=... (--set-column on the command "
                                 f"line), the obs column naming each cell's set; obs columns: {obs_cols}")
