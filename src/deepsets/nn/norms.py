@@ -47,17 +47,19 @@ class SetNorm(_AffineNorm):
             return _CHUNK_HOOK(self, x)
         dtype = stats_dtype(x)
         xs = x.to(dtype)
+        B, N, D = xs.shape
         if mask is None:
-            # Unpadded: set norm is a layer norm over the whole [N, D] slab of each set (one fused kernel).
-            y = F.layer_norm(xs, xs.shape[-2:], eps=self.eps)
-            return torch.addcmul(self.bias.to(dtype), y, self.weight.to(dtype)).to(x.dtype)
-        m = mask.unsqueeze(-1).to(dtype)  # [B, N, 1]
-        count = (m.sum(dim=(1, 2), keepdim=True) * x.shape[-1]).clamp_min(1.0)  # [B, 1, 1]
+            # Unpadded: set norm is a layer norm over the whole [N, D] slab of each set, with the per-feature
+            # affine broadcast over the N rows: one fused kernel forward and one backward.
+            w, b = self.weight.to(dtype), self.bias.to(dtype)
+            return F.layer_norm(xs, (N, D), w.expand(N, D), b.expand(N, D), self.eps).to(x.dtype)
+        m = mask.to(dtype).unsqueeze(-1)  # [B, N, 1]
+        count = (m.sum(dim=(1, 2), keepdim=True) * D).clamp_min(1.0)  # [B, 1, 1] valid values per set
         mean = (xs * m).sum(dim=(1, 2), keepdim=True) / count
-        centered = (xs - mean) * m  # padded rows -> 0 before squaring, whatever they held
-        var = centered.square().sum(dim=(1, 2), keepdim=True) / count
-        y = centered * torch.rsqrt(var + self.eps)
-        return (torch.addcmul(self.bias.to(dtype), y, self.weight.to(dtype)) * m).to(x.dtype)
+        centered = (xs - mean).mul_(m)  # padded rows -> 0 before squaring, whatever they held
+        var = torch.linalg.vector_norm(centered, dim=(1, 2), keepdim=True).square() / count  # one pass
+        y = torch.addcmul(self.bias.to(dtype), centered * torch.rsqrt(var + self.eps), self.weight.to(dtype))
+        return y.mul_(m).to(x.dtype)
 
 
     def normalize(self, x: Tensor, mean: Tensor | float, rstd: Tensor | float) -> Tensor:
