@@ -100,10 +100,12 @@ def set_names(ds) -> list[str]:
 
 
 @torch.no_grad()
-def predict_sets(model, ds, max_elements: int = 1_000_000, batch_size: int = 64) -> list[np.ndarray]:
+def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
+                 chunk_size: int = 65_536) -> list[np.ndarray]:
     """Model output for every set of ``ds``, whole sets (no subsampling). Sets are batched up to
     ``batch_size`` sets or ``max_elements`` padded elements, whichever comes first; a set larger than
-    ``max_elements`` runs alone."""
+    ``max_elements`` is evaluated alone and exactly in chunks of ``chunk_size`` elements (bounded memory,
+    see :func:`deepsets.models.chunked_forward`)."""
     from ..data import pad_sets
     from ..nn.masking import check_nonempty
 
@@ -131,7 +133,12 @@ def predict_sets(model, ds, max_elements: int = 1_000_000, batch_size: int = 64)
             b = int((~mask.any(1)).nonzero()[0])
             raise DataError(f"{source}: {label(first_index + b)} is empty (expected at least one element, "
                             f"found 0)") from None
-        y = model(x, mask).float()
+        if x.shape[1] > max_elements:  # one huge set: exact chunked evaluation
+            from ..models.chunked import chunked_forward
+
+            y = chunked_forward(model, x, mask, chunk_size=chunk_size).float()
+        else:
+            y = model(x, mask).float()
         outs.extend(y.numpy())
         first_index += len(batch)
         batch = []

@@ -167,18 +167,22 @@ def reproduce(table: str, budget: str = "smoke", tasks: list[str] | None = None,
     files = cell_files(table, tasks)
     if not files:
         raise ValueError(f"no cells of {table} for tasks {tasks}")
+    from .io import atomic_write_text
+
     jobs = [(f, s) for f in files for s in seeds]
     results = []
     t0 = time.time()
+    command = command or f"deepsets reproduce {table} --budget {budget}"
     for i, (f, s) in enumerate(jobs, 1):
         cfg = budget_config(f, budget, s, out)
         r = run_cell(cfg)
         results.append(r)
         echo(f"[{i}/{len(jobs)}] {f.stem} seed {s}: {reported_value(r):.4f} "
              f"(paper {cfg.paper.get('value')}) [{(time.time() - t0) / 60:.1f} min]")
-    md = results_markdown(table, budget, results, command or f"deepsets reproduce {table} --budget {budget}")
-    from .io import atomic_write_text
-
-    atomic_write_text(out / "results.md", md)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+        # the table so far, after every run: an interrupted reproduction still leaves its results
+        md = results_markdown(table, budget, results, command)
+        if i < len(jobs):
+            md += f"\n(Partial: {i} of {len(jobs)} runs finished; rerun the command to continue.)\n"
+        atomic_write_text(out / "results.md", md)
+        atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     return out / "results.md"
