@@ -169,7 +169,7 @@ def reproduce(table: str, budget: str = "smoke", tasks: list[str] | None = None,
         raise ValueError(f"no cells of {table} for tasks {tasks}")
     from .io import atomic_write_text
 
-    jobs = [(f, s) for f in files for s in seeds]
+    jobs = [(f, s) for s in seeds for f in files]  # seed-major: an interrupted run still covers every cell
     results = []
     t0 = time.time()
     command = command or f"deepsets reproduce {table} --budget {budget}"
