@@ -22,6 +22,9 @@ from contextlib import nullcontext
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .nn import kernels as _kernels
+from .runtime import allocator_tuned
+
 aten = torch.ops.aten
 _MM = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
 _ATTN_PREFIX = "_scaled_dot_product"
@@ -164,6 +167,7 @@ def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int =
         "gemm_gflops_per_s": round(gemm_flops / 1e9 / gemm_s, 3),
         "ratio": round((flops / step_s) / (gemm_flops / gemm_s), 4),
         "torch": torch.__version__, "repeats": repeats,
+        "set_norm_kernels": _kernels.name(), "malloc_tuned": allocator_tuned(),
     }
 
 

@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     command = " ".join(c for c in (getattr(args, "command", None), getattr(args, "data_command", None)) if c)
+    from .runtime import tune_allocator
+
+    tune_allocator()  # reuse freed activation buffers instead of page-faulting fresh ones (see deepsets.runtime)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

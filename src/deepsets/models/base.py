@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, fields
 
 from torch import Tensor, nn
 
-from ..nn.masking import check_nonempty, check_sets, clear_padding, zero_padding
+from ..nn.masking import PackedSets, check_nonempty, check_sets, clear_padding, zero_padding
 from ..nn.norms import resolve_choice
 
 OUTPUTS = ("set", "elements")
@@ -53,6 +53,9 @@ class SetModel(nn.Module):
     """
 
     config: SetModelConfig
+    #: True for families whose layers all accept packed rows (``deepsets.nn.PackedSets``): with a mask, such a
+    #: model runs on the valid elements only, back to back, and never computes anything for padding.
+    packs_sets: bool = False
 
     def __init__(self, config: SetModelConfig):
         super().__init__()
@@ -77,11 +80,17 @@ class SetModel(nn.Module):
                 f"x has {x.shape[-1]} features per element but the model expects in_dim={self.config.in_dim}"
             )
         check_nonempty(mask, x.shape[1])
-        x = clear_padding(x, mask)
-        h = self.encode(x, mask)
-        z = self.pool(h, mask)
+        if mask is not None and self.packs_sets:
+            sets = PackedSets(mask)
+            x = sets.pack(x)  # padded rows (whatever they hold) are never read
+        else:
+            sets = mask
+            x = clear_padding(x, mask)
+        h = self.encode(x, sets)
+        z = self.pool(h, sets)
         if self.config.output == "elements":
-            return zero_padding(self.decode_elements(h, z, mask), mask)
+            out = self.decode_elements(h, z, sets)
+            return sets.unpack(out) if isinstance(sets, PackedSets) else zero_padding(out, mask)
         return self.decode(z)
 
     def extra_repr(self) -> str:

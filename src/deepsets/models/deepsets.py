@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.masking import zero_padding
+from ..nn.masking import PackedSets, zero_padding
 from ..nn.norms import make_norm, resolve_choice
 from ..nn.pooling import POOLS, Pool
 from ..nn.residual import DeepSetsBlock
@@ -43,8 +42,8 @@ class LinearNormReLU(nn.Module):
         self.fc = nn.Linear(dim_in, dim, bias=norm == "none")
         self.norm = make_norm(norm, dim)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return F.relu(self.norm(self.fc(x), mask))
+    def forward(self, x: Tensor, mask=None) -> Tensor:
+        return self.norm(self.fc(x), mask, relu=True)
 
 
 def decoder_mlp(dim: int, out_dim: int) -> nn.Sequential:
@@ -61,6 +60,7 @@ class DeepSets(SetModel):
     """Deep Sets / Deep Sets++: an element-wise (or residual) encoder phi, masked pooling, decoder rho."""
 
     config: DeepSetsConfig
+    packs_sets = True  # every layer is per element or per set: padded batches run on packed rows
 
     def __init__(self, config: DeepSetsConfig):
         super().__init__(config)
@@ -81,20 +81,20 @@ class DeepSets(SetModel):
         self.pooling = Pool(c.pool)
         self.rho = decoder_mlp(H, c.out_dim)
 
-    def encode(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def encode(self, x: Tensor, mask=None) -> Tensor:
         h = x if self.config.residual == "none" else zero_padding(self.input(x), mask)
         for layer in self.layers:
             h = layer(h, mask)
         if self.final_norm is not None:
-            h = F.relu(self.final_norm(h, mask))
+            h = self.final_norm(h, mask, relu=True)
         return self.output(h)  # padded rows hold the bias; pooling and heads use the mask
 
-    def pool(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+    def pool(self, h: Tensor, mask=None) -> Tensor:
         return self.pooling(h, mask)
 
     def decode(self, z: Tensor) -> Tensor:
         return self.rho(z)
 
-    def decode_elements(self, h: Tensor, z: Tensor, mask: Tensor | None) -> Tensor:
+    def decode_elements(self, h: Tensor, z: Tensor, mask) -> Tensor:
         # Equivariant head: each element's features plus the pooled set summary, through rho.
-        return self.rho(h + z.unsqueeze(1))
+        return self.rho(h + (mask.expand(z) if isinstance(mask, PackedSets) else z.unsqueeze(1)))

@@ -74,7 +74,7 @@ def clear_padding(x: Tensor, mask: Tensor | None) -> Tensor:
 
 def zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
     """Zero the padded rows of a layer output (finite values assumed; cheaper than ``clear_padding``)."""
-    if mask is None:
+    if mask is None or isinstance(mask, PackedSets):  # packed rows hold no padding
         return x
     return x * mask.unsqueeze(-1).to(x.dtype)
 
@@ -89,3 +89,46 @@ def set_sizes(x: Tensor, mask: Tensor | None) -> Tensor:
 def stats_dtype(x: Tensor) -> torch.dtype:
     """Statistics are accumulated in at least float32 (half/bfloat16 inputs under autocast)."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class PackedSets:
+    """The valid elements of a padded batch stored back to back: ``rows = x[mask]``, ``[T, D]``.
+
+    Models of the Deep Sets family run on packed rows when a mask is given, so no work is spent on padding.
+    Layers accept a ``PackedSets`` wherever they accept a mask; per-set statistics and pooling then reduce
+    the rows of each set (``index[t]`` is the set of row ``t``). Packing costs one host sync (the number of
+    valid elements).
+    """
+
+    def __init__(self, mask: Tensor):
+        self.mask = mask
+        self.sizes = mask.sum(dim=1)  # [B] long
+        self.num_sets = mask.shape[0]
+        self.index = torch.repeat_interleave(torch.arange(self.num_sets, device=mask.device), self.sizes)
+        self._offsets = None
+
+    def offsets(self):
+        """Row offsets of the sets as a NumPy int64 array ``[B + 1]`` (set ``b`` is rows ``o[b]:o[b+1]``)."""
+        if self._offsets is None:
+            import numpy as np
+
+            self._offsets = np.concatenate([[0], np.cumsum(self.sizes.cpu().numpy())]).astype(np.int64)
+        return self._offsets
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``[B, N, ...]`` -> ``[T, ...]``: the valid rows, set by set."""
+        return x[self.mask]
+
+    def unpack(self, rows: Tensor) -> Tensor:
+        """``[T, ...]`` -> ``[B, N, ...]`` with zeros in padded rows."""
+        out = rows.new_zeros(*self.mask.shape, *rows.shape[1:])
+        out[self.mask] = rows
+        return out
+
+    def sum(self, rows: Tensor) -> Tensor:
+        """Sum of each set's rows: ``[T, ...]`` -> ``[B, ...]``."""
+        return rows.new_zeros(self.num_sets, *rows.shape[1:]).index_add(0, self.index, rows)
+
+    def expand(self, per_set: Tensor) -> Tensor:
+        """Broadcast a per-set value to its rows: ``[B, ...]`` -> ``[T, ...]``."""
+        return per_set[self.index]

@@ -14,11 +14,15 @@ no batch statistics (feature norm does), so it is per-set and permutation equiva
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .masking import stats_dtype, zero_padding
+from . import kernels
+from .masking import PackedSets, stats_dtype, zero_padding
 
 EPS = 1e-5  # PAPER.md: eps = 1e-5 for every norm
 
@@ -40,33 +44,143 @@ class SetNorm(_AffineNorm):
 
     ``SN(X)_nd = gamma_d * (x_nd - mu) / sqrt(s2 + eps) + beta_d``. Statistics are computed in
     float32 (float64 for float64 input) even under autocast; padded rows are ignored and come out zero.
+    ``relu=True`` returns ``ReLU(SN(X))`` from the same fused pass (what the Deep Sets++ blocks use).
     """
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask=None, relu: bool = False) -> Tensor:
         if _CHUNK_HOOK is not None and mask is None:  # exact chunked inference (deepsets.models.chunked)
-            return _CHUNK_HOOK(self, x)
+            y = _CHUNK_HOOK(self, x)
+            return F.relu(y) if relu else y
         dtype = stats_dtype(x)
+        w, b = self.weight.to(dtype), self.bias.to(dtype)
+        if mask is None or isinstance(mask, PackedSets):
+            # Unpadded [B, N, D] (every row of x[b] belongs to set b) or packed rows [T, D] of a padded batch.
+            xs = x.to(dtype)
+            if kernels.applies(xs):
+                offsets = _dense_offsets(*xs.shape[:2]) if mask is None else mask.offsets()
+                y = _SetNormKernelFunction.apply(xs, w, b, self.eps, relu, offsets)
+            else:
+                y = _SetNormFunction.apply(xs, w, b, self.eps, relu, mask)
+            return y.to(x.dtype)
         xs = x.to(dtype)
         B, N, D = xs.shape
-        if mask is None:
-            # Unpadded: set norm is a layer norm over the whole [N, D] slab of each set, with the per-feature
-            # affine broadcast over the N rows: one fused kernel forward and one backward.
-            w, b = self.weight.to(dtype), self.bias.to(dtype)
-            return F.layer_norm(xs, (N, D), w.expand(N, D), b.expand(N, D), self.eps).to(x.dtype)
         m = mask.to(dtype).unsqueeze(-1)  # [B, N, 1]
         count = (m.sum(dim=(1, 2), keepdim=True) * D).clamp_min(1.0)  # [B, 1, 1] valid values per set
         mean = (xs * m).sum(dim=(1, 2), keepdim=True) / count
         centered = (xs - mean).mul_(m)  # padded rows -> 0 before squaring, whatever they held
         var = torch.linalg.vector_norm(centered, dim=(1, 2), keepdim=True).square() / count  # one pass
-        y = torch.addcmul(self.bias.to(dtype), centered * torch.rsqrt(var + self.eps), self.weight.to(dtype))
+        y = torch.addcmul(b, centered * torch.rsqrt(var + self.eps), w)
+        if relu:
+            y = y.relu_()
         return y.mul_(m).to(x.dtype)
-
 
     def normalize(self, x: Tensor, mean: Tensor | float, rstd: Tensor | float) -> Tensor:
         """Apply the norm with given statistics (e.g. of a whole set that is seen in chunks)."""
         dtype = stats_dtype(x)
         y = (x.to(dtype) - mean) * rstd
         return torch.addcmul(self.bias.to(dtype), y, self.weight.to(dtype)).to(x.dtype)
+
+
+class _SetNormFunction(torch.autograd.Function):
+    """Set norm (optionally followed by ReLU) with a hand-written backward, for unpadded or packed sets.
+
+    Forward: one reduction for the means, one centering pass, one reduction for the variances, and the affine
+    (and ReLU) applied in place; the variance is taken of centered values (no cancellation). Backward, with
+    ``G`` the gradient at the norm's output (zero where the ReLU was off) and ``xhat`` the normalized input::
+
+        dx = rstd * (G w - mean(G w) - xhat * mean(G w xhat))      (means over the set's elements x features)
+
+    computed from two per-set, per-feature sums (``sum_n G`` and ``sum_n G x``) and two passes. Native layer
+    norm over a whole ``[N, D]`` slab is several times slower on CPU (Welford statistics, a dense ``[N, D]``
+    affine and its gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, relu, packed):
+        if packed is None:
+            B, N, D = x.shape
+            count = float(N * D)
+            mean = x.reshape(B, -1).sum(dim=1) / count  # [B]
+            xc = x - mean.view(B, 1, 1)
+            var = torch.linalg.vector_norm(xc.reshape(B, -1), dim=1).square_() / count
+            rstd = (var + eps).rsqrt_()
+            y = xc.mul_(rstd.view(B, 1, 1) * weight).add_(bias)
+        else:
+            D = x.shape[1]
+            count = packed.sizes.to(x.dtype) * D  # [B]
+            mean = packed.sum(x.sum(dim=1)) / count
+            xc = x - packed.expand(mean).unsqueeze(1)
+            var = packed.sum(torch.linalg.vector_norm(xc, dim=1).square_()) / count
+            rstd = (var + eps).rsqrt_()
+            y = xc.mul_(packed.expand(rstd).unsqueeze(1)).mul_(weight).add_(bias)
+        if relu:
+            y.relu_()
+            ctx.save_for_backward(x, weight, mean, rstd, y)
+        else:
+            ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.relu, ctx.packed, ctx.count = relu, packed, count
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, mean, rstd = ctx.saved_tensors[:4]
+        packed, count = ctx.packed, ctx.count
+        G = torch.ops.aten.threshold_backward(grad, ctx.saved_tensors[4], 0) if ctx.relu else grad.contiguous()
+        Gx = G * x
+        if packed is None:
+            C, P = G.sum(dim=1), Gx.sum(dim=1)  # [B, D]: sum_n G, sum_n G x
+        else:
+            C, P = packed.sum(G), packed.sum(Gx)
+        Ph = (P - mean.unsqueeze(1) * C) * rstd.unsqueeze(1)  # sum_n G xhat
+        m1 = (C @ weight) / count  # mean(G w) per set
+        m2 = (Ph @ weight) / count  # mean(G w xhat) per set
+        k = -rstd * rstd * m2  # dx = G (rstd w) + k x + c
+        c = -rstd * m1 - k * mean
+        dx = None
+        if ctx.needs_input_grad[0]:
+            if packed is None:
+                B = x.shape[0]
+                dx = torch.addcmul(c.view(B, 1, 1), x, k.view(B, 1, 1), out=Gx)
+                dx.addcmul_(G, (rstd.unsqueeze(1) * weight).unsqueeze(1))
+            else:
+                dx = torch.addcmul(packed.expand(c).unsqueeze(1), x, packed.expand(k).unsqueeze(1), out=Gx)
+                dx.addcmul_(G.mul_(weight) if G is not grad else G * weight, packed.expand(rstd).unsqueeze(1))
+        dw = Ph.sum(dim=0) if ctx.needs_input_grad[1] else None
+        db = C.sum(dim=0) if ctx.needs_input_grad[2] else None
+        return dx, dw, db, None, None, None
+
+
+class _SetNormKernelFunction(torch.autograd.Function):
+    """Set norm (+ ReLU) with the fused CPU kernels of :mod:`deepsets.nn.kernels`; same maths as above."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, relu, offsets):
+        x = x.contiguous()
+        D = x.shape[-1]
+        y = torch.empty_like(x)
+        mean, rstd = kernels.set_norm_forward(x.view(-1, D), offsets, weight.contiguous(), bias.contiguous(),
+                                              eps, relu, y.view(-1, D))
+        ctx.save_for_backward(x, weight, mean, rstd, *((y,) if relu else ()))
+        ctx.offsets = offsets
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, mean, rstd = ctx.saved_tensors[:4]
+        y = ctx.saved_tensors[4] if len(ctx.saved_tensors) > 4 else None
+        D = x.shape[-1]
+        dx, dw, db = kernels.set_norm_backward(
+            grad.reshape(-1, D), None if y is None else y.view(-1, D), x.view(-1, D), ctx.offsets,
+            weight.contiguous(), mean, rstd,
+        )
+        return dx.view(x.shape), dw, db, None, None, None
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_offsets(B: int, N: int) -> np.ndarray:
+    return np.arange(B + 1, dtype=np.int64) * N
 
 
 # Set by deepsets.models.chunked while it evaluates a huge set chunk by chunk; None otherwise.
@@ -81,9 +195,9 @@ def set_chunk_hook(hook) -> None:
 class LayerNorm(_AffineNorm):
     """Standard layer norm over each element's features; padded rows come out zero."""
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask=None, relu: bool = False) -> Tensor:
         y = F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
-        return zero_padding(y, mask)
+        return zero_padding(y.relu_() if relu else y, mask)
 
 
 class FeatureNorm(_AffineNorm):
@@ -98,11 +212,15 @@ class FeatureNorm(_AffineNorm):
         self.register_buffer("running_mean", torch.zeros(dim))
         self.register_buffer("running_var", torch.ones(dim))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask=None, relu: bool = False) -> Tensor:
+        y = self._normalize(x, None if isinstance(mask, PackedSets) else mask)  # packed rows are all valid
+        return y.relu_() if relu else y
+
+    def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
         dtype = stats_dtype(x)
         xs = x.to(dtype)
-        if mask is None and x.shape[0] * x.shape[1] == 1 and self.training:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)  # one element: var 0, no error
+        if mask is None and x.numel() == x.shape[-1] and self.training:
+            mask = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)  # one element: var 0, no error
         if mask is None:
             flat = xs.reshape(-1, self.dim)
             y = F.batch_norm(
@@ -113,9 +231,10 @@ class FeatureNorm(_AffineNorm):
         m = mask.unsqueeze(-1).to(dtype)
         if self.training:
             count = m.sum().clamp_min(1.0)
-            mean = (xs * m).sum(dim=(0, 1)) / count  # [D]
+            rows = tuple(range(xs.dim() - 1))
+            mean = (xs * m).sum(dim=rows) / count  # [D]
             centered = (xs - mean) * m
-            var = centered.square().sum(dim=(0, 1)) / count
+            var = centered.square().sum(dim=rows) / count
             with torch.no_grad():
                 unbiased = var * count / (count - 1).clamp_min(1.0)
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
@@ -133,8 +252,8 @@ class NoNorm(nn.Module):
     def __init__(self, dim: int | None = None, eps: float = EPS):
         super().__init__()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return zero_padding(x, mask)
+    def forward(self, x: Tensor, mask=None, relu: bool = False) -> Tensor:
+        return zero_padding(F.relu(x) if relu else x, mask)
 
 
 NORMS: dict[str, type[nn.Module]] = {

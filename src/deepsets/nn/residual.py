@@ -31,13 +31,13 @@ class DeepSetsBlock(nn.Module):
         self.norm2 = make_norm(norm, dim)
         self.fc2 = nn.Linear(dim, dim, bias=bias)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask=None) -> Tensor:
+        """``x``: ``[B, N, D]`` with a bool ``mask`` (or ``None``), or packed rows ``[T, D]`` with ``PackedSets``."""
         if self.residual == "clean":
-            n1 = self.norm1(x, mask)
-            h = self.fc1(F.relu(n1, inplace=n1 is not x))  # never overwrite x: the skip path needs it
-            out = _add_linear(x, F.relu(self.norm2(h, mask), inplace=True), self.fc2)  # x + W2 r
+            h = self.fc1(self.norm1(x, mask, relu=True))  # norm and ReLU in one pass
+            out = _add_linear(x, self.norm2(h, mask, relu=True), self.fc2)  # x + W2 r
         else:
-            h = F.relu(self.norm1(self.fc1(x), mask), inplace=True)
+            h = self.norm1(self.fc1(x), mask, relu=True)
             out = F.relu(x + self.norm2(self.fc2(h), mask))
         # Without biases padded rows stay exactly zero (norms output zero there), so no extra pass is needed.
         return out if self.fc1.bias is None else zero_padding(out, mask)
