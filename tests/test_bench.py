@@ -32,6 +32,21 @@ def test_flop_count_matches_hand_count_for_deep_sets():
         assert counted == analytic_deepsets_flops(model, n, 3)
 
 
+def test_attention_flops_match_the_math_decomposition():
+    """Fused attention is counted like the products PyTorch's math backend runs (FlopCounterMode counts those)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name in ("settransformer++", "settransformer"):
+        model = deepsets.create_model(name, 2, 1, depth=2, dim=32)
+        x, _ = make_batch(1, 50, 2, masked=False, seed=3)
+        counter = FlopCounterMode(display=False)
+        with sdpa_kernel(SDPBackend.MATH), counter:
+            model(x).sum().backward()
+        model.zero_grad(set_to_none=True)
+        assert useful_flops(model, x, None) == counter.get_total_flops()
+
+
 def test_padding_is_not_counted_as_useful_work():
     model = deepsets.create_model("settransformer++", 2, 1, depth=2, dim=32)
     x, mask = make_batch(4, 60, 2, masked=True, seed=2)

@@ -7,8 +7,9 @@ What is measured, in one process, interleaved so that a change in machine load h
   every matrix product the step executes (the model's own shapes, recorded from one step); attention is
   replayed as its two batched products.
 - ``useful_gflop``: the FLOPs the architecture needs for one step: matrix products and attention of the
-  forward and backward passes over the **valid** elements only (padding excluded), counted from shapes with
-  ``torch.utils.flop_counter`` on each set alone. Norms, activations, pooling and the optimizer are not counted.
+  forward and backward passes over the **valid** elements only (padding excluded), counted from the shapes of
+  the products a step runs on each set alone (attention: ``2 * 2 * Nq * Nk * d`` per head forward, twice that
+  backward). Norms, activations, pooling and the optimizer are not counted.
 - ``gflops_per_s = useful_gflop / step_s``; ``gemm_gflops_per_s = replayed FLOPs / gemm_s``. Their ratio is the
   share of the machine's matmul speed the model turns into useful work (1.0 = as fast as its matmuls alone).
 """
@@ -82,16 +83,19 @@ def make_batch(batch: int, set_size: int, in_dim: int, masked: bool, seed: int =
 
 
 def useful_flops(model, x, mask) -> int:
-    """Forward + backward matmul/attention FLOPs over valid elements: each set counted alone, unpadded."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Forward + backward matmul/attention FLOPs over valid elements: each set run alone, unpadded.
 
+    Counted from the shapes of the matrix products and attention calls one training step executes
+    (:class:`MatmulRecorder`; attention is its two products forward and four backward), so fused attention
+    kernels are counted like the products they replace.
+    """
     total = 0
     for b in range(x.shape[0]):
         xb = x[b : b + 1] if mask is None else x[b : b + 1, mask[b]]
-        counter = FlopCounterMode(display=False)
-        with counter:
+        rec = MatmulRecorder()
+        with rec:
             model(xb).float().sum().backward()
-        total += counter.get_total_flops()
+        total += sum(_flops(kind, shapes) for kind, shapes in rec.calls)
     model.zero_grad(set_to_none=True)
     return total
 

@@ -69,10 +69,8 @@ class SetNorm(_AffineNorm):
         mean = (xs * m).sum(dim=(1, 2), keepdim=True) / count
         centered = (xs - mean).mul_(m)  # padded rows -> 0 before squaring, whatever they held
         var = torch.linalg.vector_norm(centered, dim=(1, 2), keepdim=True).square() / count  # one pass
-        y = torch.addcmul(b, centered * torch.rsqrt(var + self.eps), w)
-        if relu:
-            y = y.relu_()
-        return y.mul_(m).to(x.dtype)
+        y = torch.addcmul(b, centered * torch.rsqrt(var + self.eps), w).mul_(m)
+        return (y.relu_() if relu else y).to(x.dtype)
 
     def normalize(self, x: Tensor, mean: Tensor | float, rstd: Tensor | float) -> Tensor:
         """Apply the norm with given statistics (e.g. of a whole set that is seen in chunks)."""

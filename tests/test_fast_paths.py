@@ -1,0 +1,157 @@
+"""Every fast path against the straightforward computation: fused set norm (C kernels and the eager
+hand-written backward), packed rows for padded Deep Sets batches, packed pooling. Correctness only."""
+import shutil
+
+import pytest
+import torch
+
+import deepsets
+from deepsets import nn as dnn
+from deepsets.nn import kernels
+from deepsets.nn.masking import PackedSets
+from deepsets.nn.norms import _dense_offsets, _SetNormFunction, _SetNormKernelFunction
+
+from test_nn import naive_set_norm
+
+IMPLS = ["eager", "c"]
+
+
+def _needs(impl):
+    if impl == "c" and not kernels.applies(torch.zeros(1, 1)):
+        pytest.skip("fused set-norm kernels unavailable (no C compiler with OpenMP)")
+
+
+def _apply(impl, x, w, b, relu, packed):
+    """Set norm of ``x`` (dense [B, N, D] when packed is None, else packed rows [T, D]) with one implementation."""
+    if impl == "eager":
+        return _SetNormFunction.apply(x, w, b, 1e-5, relu, packed)
+    offsets = _dense_offsets(*x.shape[:2]) if packed is None else packed.offsets()
+    return _SetNormKernelFunction.apply(x, w, b, 1e-5, relu, offsets)
+
+
+def _inputs(seed, B=4, N=30, D=16, shift=0.0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(B, N, D, generator=g, dtype=dtype) * 2 + shift)
+    w = torch.randn(D, generator=g, dtype=dtype)
+    b = torch.randn(D, generator=g, dtype=dtype)
+    mask = torch.rand(B, N, generator=g) < 0.6
+    mask[:, 0] = True
+    return x, w, b, mask
+
+
+def test_kernels_build_where_a_compiler_exists():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    assert kernels.name() == "c"
+
+
+def test_kernels_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("DEEPSETS_KERNELS", "0")
+    assert kernels.name() == "eager" and not kernels.applies(torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("layout", ["dense", "packed"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_set_norm_fast_path_matches_naive_forward_and_backward(impl, layout, relu):
+    _needs(impl)
+    x, w, b, mask = _inputs(0)
+    if layout == "dense":
+        mask = torch.ones_like(mask)
+    packed = PackedSets(mask) if layout == "packed" else None
+    xs = (packed.pack(x) if packed else x).detach().requires_grad_()
+    ws, bs = w.clone().requires_grad_(), b.clone().requires_grad_()
+    out = _apply(impl, xs, ws, bs, relu, packed)
+    out_full = packed.unpack(out) if packed else out
+
+    xr, wr, br = x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
+    ref = naive_set_norm(xr, mask, wr, br)
+    ref = ref.relu() if relu else ref
+    torch.testing.assert_close(out_full, ref, rtol=1e-10, atol=1e-10)
+
+    g = torch.randn_like(ref) * mask.unsqueeze(-1)
+    (out_full * g).sum().backward()
+    (ref * g).sum().backward()
+    gx = packed.unpack(xs.grad) if packed else xs.grad
+    torch.testing.assert_close(gx, xr.grad * mask.unsqueeze(-1), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(ws.grad, wr.grad, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(bs.grad, br.grad, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_set_norm_fast_path_gradcheck(impl):
+    _needs(impl)
+    x, w, b, mask = _inputs(1, B=3, N=7, D=5)
+    packed = PackedSets(mask)
+    for args in ((x, None), (packed.pack(x), packed)):
+        for relu in (False, True):
+            inputs = (args[0].detach().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_())
+            assert torch.autograd.gradcheck(lambda xx, ww, bb: _apply(impl, xx, ww, bb, relu, args[1]), inputs)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_set_norm_float32_fast_path_is_accurate_on_large_offset_sets(impl):
+    """float32 against float64: large sets, mean far from zero (where E[x^2] - E[x]^2 would cancel)."""
+    _needs(impl)
+    x, w, b, _ = _inputs(2, B=3, N=2000, D=64, shift=300.0)
+    ref = naive_set_norm(x, torch.ones(x.shape[:2], dtype=torch.bool), w, b).relu()
+    got = _apply(impl, x.float(), w.float(), b.float(), True, None).double()
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-4
+
+
+def test_set_norm_module_uses_kernels_and_matches_eager(monkeypatch):
+    _needs("c")
+    torch.manual_seed(0)
+    norm = dnn.SetNorm(32)
+    x = torch.randn(5, 200, 32)
+    fast = norm(x, relu=True)
+    monkeypatch.setenv("DEEPSETS_KERNELS", "0")
+    torch.testing.assert_close(fast, norm(x, relu=True), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sum", "mean", "max"])
+def test_packed_pooling_matches_masked_pooling(kind):
+    x, _, _, mask = _inputs(3)
+    packed = PackedSets(mask)
+    pool = dnn.Pool(kind)
+    xa = x.clone().requires_grad_()
+    rows = packed.pack(x).detach().requires_grad_()
+    ref, got = pool(xa, mask), pool(rows, packed)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    (ref * g).sum().backward()
+    (got * g).sum().backward()
+    torch.testing.assert_close(rows.grad, packed.pack(xa.grad), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", sorted(dnn.NORMS))
+@pytest.mark.parametrize("residual", ["clean", "nonclean", "none"])
+@pytest.mark.parametrize("output", ["set", "elements"])
+def test_packed_deep_sets_equals_padded_execution(norm, residual, output):
+    """``model(x, mask)`` runs on packed rows; the padded layer-by-layer path must give the same numbers."""
+    torch.manual_seed(0)
+    model = deepsets.create_model("deepsets", 3, 2, depth=4, dim=16, norm=norm, residual=residual,
+                                  output=output).double().train()
+    x, _, _, mask = _inputs(4, B=4, N=12, D=3)
+    assert model.packs_sets
+    packed_out = model(x, mask)
+    model.zero_grad()
+    packed_out.square().sum().backward()
+    g_packed = [p.grad.clone() for p in model.parameters()]
+    # The padded route: the same layers with a bool mask, as before packing existed.
+    model.zero_grad()
+    h = model.encode(x.masked_fill(~mask.unsqueeze(-1), 0), mask)
+    z = model.pool(h, mask)
+    padded_out = (model.decode_elements(h, z, mask) * mask.unsqueeze(-1) if output == "elements"
+                  else model.decode(z))
+    padded_out.square().sum().backward()
+    torch.testing.assert_close(packed_out, padded_out, rtol=1e-9, atol=1e-10)
+    for gp, p in zip(g_packed, model.parameters()):
+        torch.testing.assert_close(gp, p.grad, rtol=1e-8, atol=1e-10)
+
+
+def test_tune_allocator_is_idempotent():
+    from deepsets.runtime import allocator_tuned, tune_allocator
+
+    first = tune_allocator()
+    assert tune_allocator() == first == allocator_tuned()
