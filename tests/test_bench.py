@@ -70,3 +70,5 @@ def test_bench_json_contract():
 def test_bench_masked_counts_valid_elements_only():
     out = bench("deepsets++", depth=2, batch=4, set_size=40, masked=True, repeats=1, warmup=0)
     assert 4 * 20 <= out["valid_elements"] < 4 * 40
+    expected = (out["step_ms"] / out["valid_elements"]) / (out["full_step_ms"] / (4 * 40))
+    assert abs(out["padded_cost_per_valid_element"] - expected) < 1e-2 * expected

@@ -21,12 +21,17 @@ def _needs(impl):
         pytest.skip("fused set-norm kernels unavailable (no C compiler with OpenMP)")
 
 
-def _apply(impl, x, w, b, relu, packed):
-    """Set norm of ``x`` (dense [B, N, D] when packed is None, else packed rows [T, D]) with one implementation."""
+def _apply(impl, x, w, b, relu, packed, mask=None):
+    """Set norm with one implementation: ``x`` dense [B, N, D] (all rows, or the rows where ``mask`` is True)
+    when ``packed`` is None, else packed rows [T, D]."""
     if impl == "eager":
+        if mask is not None:
+            norm = dnn.SetNorm(x.shape[-1]).to(x.dtype)
+            norm.weight, norm.bias = torch.nn.Parameter(w), torch.nn.Parameter(b)
+            return norm._padded_eager(x, mask, w, b, relu)
         return _SetNormFunction.apply(x, w, b, 1e-5, relu, packed)
     offsets = _dense_offsets(*x.shape[:2]) if packed is None else packed.offsets()
-    return _SetNormKernelFunction.apply(x, w, b, 1e-5, relu, offsets)
+    return _SetNormKernelFunction.apply(x, w, b, 1e-5, relu, offsets, mask)
 
 
 def _inputs(seed, B=4, N=30, D=16, shift=0.0, dtype=torch.float64):
@@ -51,7 +56,7 @@ def test_kernels_can_be_turned_off(monkeypatch):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("layout", ["dense", "packed"])
+@pytest.mark.parametrize("layout", ["dense", "packed", "padded"])
 @pytest.mark.parametrize("relu", [False, True])
 def test_set_norm_fast_path_matches_naive_forward_and_backward(impl, layout, relu):
     _needs(impl)
@@ -59,9 +64,10 @@ def test_set_norm_fast_path_matches_naive_forward_and_backward(impl, layout, rel
     if layout == "dense":
         mask = torch.ones_like(mask)
     packed = PackedSets(mask) if layout == "packed" else None
+    x = x.masked_fill(~mask.unsqueeze(-1), 1e3) if layout == "padded" else x  # padding must be ignored
     xs = (packed.pack(x) if packed else x).detach().requires_grad_()
     ws, bs = w.clone().requires_grad_(), b.clone().requires_grad_()
-    out = _apply(impl, xs, ws, bs, relu, packed)
+    out = _apply(impl, xs, ws, bs, relu, packed, mask if layout == "padded" else None)
     out_full = packed.unpack(out) if packed else out
 
     xr, wr, br = x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
@@ -73,7 +79,7 @@ def test_set_norm_fast_path_matches_naive_forward_and_backward(impl, layout, rel
     (out_full * g).sum().backward()
     (ref * g).sum().backward()
     gx = packed.unpack(xs.grad) if packed else xs.grad
-    torch.testing.assert_close(gx, xr.grad * mask.unsqueeze(-1), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(gx, xr.grad * mask.unsqueeze(-1), rtol=1e-9, atol=1e-10)  # zero in padded rows
     torch.testing.assert_close(ws.grad, wr.grad, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(bs.grad, br.grad, rtol=1e-9, atol=1e-10)
 
@@ -83,10 +89,10 @@ def test_set_norm_fast_path_gradcheck(impl):
     _needs(impl)
     x, w, b, mask = _inputs(1, B=3, N=7, D=5)
     packed = PackedSets(mask)
-    for args in ((x, None), (packed.pack(x), packed)):
+    for args in ((x, None, None), (packed.pack(x), packed, None), (x, None, mask)):
         for relu in (False, True):
             inputs = (args[0].detach().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_())
-            assert torch.autograd.gradcheck(lambda xx, ww, bb: _apply(impl, xx, ww, bb, relu, args[1]), inputs)
+            assert torch.autograd.gradcheck(lambda xx, ww, bb: _apply(impl, xx, ww, bb, relu, *args[1:]), inputs)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -3,6 +3,8 @@
 What is measured, in one process, interleaved so that a change in machine load hits both alike:
 
 - ``step_ms``: median wall time of one training step (forward + backward + Adam) on a fixed batch.
+- with ``--masked``: the same model's step on full sets of the padded size, timed in the same loop, and
+  ``padded_cost_per_valid_element`` = (padded step time / valid elements) / (full step time / elements).
 - ``gemm_ms``: median wall time of replaying, with plain ``torch.mm``/``torch.bmm`` on fresh fp32 tensors,
   every matrix product the step executes (the model's own shapes, recorded from one step); attention is
   replayed as its two batched products.
@@ -125,12 +127,15 @@ def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int =
     ctx = (lambda: torch.autocast(torch.device(device).type, dtype=dtype)) if dtype else nullcontext
     fwd = torch.compile(model) if compile else model
 
-    def step():
+    def step(xb=x, mb=mask):
         with ctx():
-            loss = torch.nn.functional.mse_loss(fwd(x, mask).float(), y)
+            loss = torch.nn.functional.mse_loss(fwd(xb, mb).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    # Padded batches are also compared with full sets of the same padded size, timed in the same loop.
+    x_full = make_batch(batch, set_size, in_dim, False, seed, device)[0] if masked else None
 
     rec = MatmulRecorder()
     with rec:
@@ -145,8 +150,10 @@ def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int =
 
     for _ in range(warmup):
         step(), replay()
-    step_t, gemm_t = [], []
-    for _ in range(repeats):  # interleaved: a load change affects both series alike
+        if masked:
+            step(x_full, None)
+    step_t, gemm_t, full_t = [], [], []
+    for _ in range(repeats):  # interleaved: a load change affects all series alike
         _sync(device)
         t0 = time.perf_counter()
         step()
@@ -157,8 +164,21 @@ def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int =
         t2 = time.perf_counter()
         step_t.append(t1 - t0)
         gemm_t.append(t2 - t1)
+        if masked:
+            step(x_full, None)
+            _sync(device)
+            full_t.append(time.perf_counter() - t2)
     step_s, gemm_s = statistics.median(step_t), statistics.median(gemm_t)
     valid = int(mask.sum()) if mask is not None else batch * set_size
+    padded = {}
+    if masked:
+        full_s = statistics.median(full_t)
+        padded = {
+            "full_step_ms": round(full_s * 1e3, 3),
+            "full_us_per_valid_element": round(full_s * 1e6 / (batch * set_size), 4),
+            # time per valid element, padded batch over full sets (1.0 = padding costs nothing)
+            "padded_cost_per_valid_element": round((step_s / valid) / (full_s / (batch * set_size)), 4),
+        }
     return {
         "model": model_name, "depth": model.config.depth, "batch": batch, "set_size": set_size, "in_dim": in_dim,
         "masked": masked, "valid_elements": valid, "device": device, "precision": precision, "compile": compile,
@@ -171,7 +191,7 @@ def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int =
         "gemm_gflops_per_s": round(gemm_flops / 1e9 / gemm_s, 3),
         "ratio": round((flops / step_s) / (gemm_flops / gemm_s), 4),
         "torch": torch.__version__, "repeats": repeats,
-        "set_norm_kernels": _kernels.name(), "malloc_tuned": allocator_tuned(),
+        "set_norm_kernels": _kernels.name(), "malloc_tuned": allocator_tuned(), **padded,
     }
 
 

@@ -7,9 +7,9 @@ activation), which on some machines takes longer than the arithmetic on it. :fun
 mmap and trim thresholds so freed buffers are reused (PyTorch's CPU performance guide suggests jemalloc or
 tcmalloc for the same reason). The cost: the process keeps its peak heap instead of returning it early.
 
-Python API users can call :func:`tune_allocator` once at start-up, or set the equivalent environment variable
+``deepsets.train.train`` applies it too. Other Python API users can call :func:`tune_allocator` once at start-up, or set the equivalent environment variable
 before starting Python: ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824``.
-``DEEPSETS_TUNE_MALLOC=0`` keeps the command from changing anything.
+``DEEPSETS_TUNE_MALLOC=0`` turns it off.
 """
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ The kernels do the same maths in the fewest passes, in parallel over chunks of r
   cache), combined exactly per set in float64 (Chan et al.), then one pass ``y = max(x a_bd + s_bd, 0)``;
 - backward: one pass for the per-set, per-feature sums ``sum_n G`` and ``sum_n G x``, one pass for ``dx``.
 
-Rows of a set are contiguous (``offsets[b]:offsets[b+1]``): this covers unpadded batches ``[B, N, D]`` and
-the packed rows of padded batches. float32 and float64 on CPU; anything else (and any machine where the
+Rows of a set are contiguous (``offsets[b]:offsets[b+1]``): this covers unpadded batches ``[B, N, D]``, the
+packed rows of padded batches, and padded batches with a row mask (padded rows are skipped). float32 and float64 on CPU; anything else (and any machine where the
 kernels cannot be built) uses the eager code in :mod:`deepsets.nn.norms`, which computes the same thing.
 
 Build: on first use the C file is compiled with the system C compiler (``$CC`` or ``cc``; about a second)
@@ -112,8 +112,8 @@ def _lib(dtype: torch.dtype) -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(_build(_TYPES[dtype])))
         p, i64, dbl, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-        lib.setnorm_forward.argtypes = [p, p, p, i64, i64, p, p, dbl, c_int, p, p]
-        lib.setnorm_backward.argtypes = [p, p, p, p, i64, i64, p, p, p, p, p, p]
+        lib.setnorm_forward.argtypes = [p, p, p, p, i64, i64, p, p, dbl, c_int, p, p]
+        lib.setnorm_backward.argtypes = [p, p, p, p, p, i64, i64, p, p, p, p, p, p]
         lib.setnorm_forward.restype = lib.setnorm_backward.restype = c_int
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", b"") or b""
@@ -130,24 +130,29 @@ def _ptr(t) -> int:
     return t.data_ptr() if isinstance(t, torch.Tensor) else t.ctypes.data
 
 
+def _opt(t) -> int | None:
+    return None if t is None else _ptr(t)
+
+
 def set_norm_forward(x2d: torch.Tensor, offsets: np.ndarray, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                     relu: bool, out: torch.Tensor):
+                     relu: bool, out: torch.Tensor, valid: torch.Tensor | None = None):
     """Write set norm (+ ReLU) of contiguous rows ``x2d [T, D]`` into ``out``; return float64 ``(mean, rstd)``.
 
-    Set ``b`` is rows ``offsets[b]:offsets[b+1]`` (``offsets``: int64 NumPy array ``[B + 1]``).
+    Set ``b`` is rows ``offsets[b]:offsets[b+1]`` (``offsets``: int64 NumPy array ``[B + 1]``). ``valid``: an
+    optional contiguous bool ``[T]``; rows where it is False are padding (ignored, zero output).
     """
     B, D = offsets.shape[0] - 1, x2d.shape[1]
     mean = torch.empty(B, dtype=torch.float64)
     rstd = torch.empty(B, dtype=torch.float64)
-    rc = _lib(x2d.dtype).setnorm_forward(_ptr(x2d), _ptr(out), _ptr(offsets), B, D, _ptr(weight), _ptr(bias),
-                                         float(eps), int(relu), _ptr(mean), _ptr(rstd))
+    rc = _lib(x2d.dtype).setnorm_forward(_ptr(x2d), _ptr(out), _ptr(offsets), _opt(valid), B, D, _ptr(weight),
+                                         _ptr(bias), float(eps), int(relu), _ptr(mean), _ptr(rstd))
     if rc:
         raise MemoryError("set norm kernel: out of memory")
     return mean, rstd
 
 
 def set_norm_backward(grad: torch.Tensor, y: torch.Tensor | None, x2d: torch.Tensor, offsets: np.ndarray,
-                      weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor):
+                      weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, valid: torch.Tensor | None = None):
     """``(dx, dweight, dbias)``; ``y`` is the ReLU output when the norm was fused with a ReLU, else None.
 
     ``mean`` and ``rstd`` are the float64 statistics returned by :func:`set_norm_forward`.
@@ -157,7 +162,7 @@ def set_norm_backward(grad: torch.Tensor, y: torch.Tensor | None, x2d: torch.Ten
     dx = torch.empty_like(x2d)
     dw = torch.empty(D, dtype=torch.float64)
     db = torch.empty(D, dtype=torch.float64)
-    rc = _lib(x2d.dtype).setnorm_backward(_ptr(g), None if y is None else _ptr(y), _ptr(x2d), _ptr(offsets), B, D,
+    rc = _lib(x2d.dtype).setnorm_backward(_ptr(g), _opt(y), _ptr(x2d), _ptr(offsets), _opt(valid), B, D,
                                           _ptr(weight), _ptr(mean), _ptr(rstd), _ptr(dx), _ptr(dw), _ptr(db))
     if rc:
         raise MemoryError("set norm kernel: out of memory")

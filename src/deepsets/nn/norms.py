@@ -63,14 +63,22 @@ class SetNorm(_AffineNorm):
                 y = _SetNormFunction.apply(xs, w, b, self.eps, relu, mask)
             return y.to(x.dtype)
         xs = x.to(dtype)
-        B, N, D = xs.shape
-        m = mask.to(dtype).unsqueeze(-1)  # [B, N, 1]
+        if kernels.applies(xs):  # padded [B, N, D] with a bool mask: the kernels skip padded rows
+            y = _SetNormKernelFunction.apply(xs, w, b, self.eps, relu, _dense_offsets(*xs.shape[:2]),
+                                             mask.contiguous())
+            return y.to(x.dtype)
+        return self._padded_eager(xs, mask, w, b, relu).to(x.dtype)
+
+    def _padded_eager(self, xs: Tensor, mask: Tensor, w: Tensor, b: Tensor, relu: bool) -> Tensor:
+        """Padded ``[B, N, D]`` with a bool mask in plain PyTorch ops (GPU, half precision, no kernels)."""
+        D = xs.shape[-1]
+        m = mask.to(xs.dtype).unsqueeze(-1)  # [B, N, 1]
         count = (m.sum(dim=(1, 2), keepdim=True) * D).clamp_min(1.0)  # [B, 1, 1] valid values per set
         mean = (xs * m).sum(dim=(1, 2), keepdim=True) / count
         centered = (xs - mean).mul_(m)  # padded rows -> 0 before squaring, whatever they held
         var = torch.linalg.vector_norm(centered, dim=(1, 2), keepdim=True).square() / count  # one pass
         y = torch.addcmul(b, centered * torch.rsqrt(var + self.eps), w).mul_(m)
-        return (y.relu_() if relu else y).to(x.dtype)
+        return y.relu_() if relu else y
 
     def normalize(self, x: Tensor, mean: Tensor | float, rstd: Tensor | float) -> Tensor:
         """Apply the norm with given statistics (e.g. of a whole set that is seen in chunks)."""
@@ -153,14 +161,15 @@ class _SetNormKernelFunction(torch.autograd.Function):
     """Set norm (+ ReLU) with the fused CPU kernels of :mod:`deepsets.nn.kernels`; same maths as above."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, relu, offsets):
+    def forward(ctx, x, weight, bias, eps, relu, offsets, valid=None):
         x = x.contiguous()
         D = x.shape[-1]
         y = torch.empty_like(x)
+        valid = None if valid is None else valid.reshape(-1)
         mean, rstd = kernels.set_norm_forward(x.view(-1, D), offsets, weight.contiguous(), bias.contiguous(),
-                                              eps, relu, y.view(-1, D))
+                                              eps, relu, y.view(-1, D), valid)
         ctx.save_for_backward(x, weight, mean, rstd, *((y,) if relu else ()))
-        ctx.offsets = offsets
+        ctx.offsets, ctx.valid = offsets, valid
         return y
 
     @staticmethod
@@ -171,9 +180,9 @@ class _SetNormKernelFunction(torch.autograd.Function):
         D = x.shape[-1]
         dx, dw, db = kernels.set_norm_backward(
             grad.reshape(-1, D), None if y is None else y.view(-1, D), x.view(-1, D), ctx.offsets,
-            weight.contiguous(), mean, rstd,
+            weight.contiguous(), mean, rstd, ctx.valid,
         )
-        return dx.view(x.shape), dw, db, None, None, None
+        return dx.view(x.shape), dw, db, None, None, None, None
 
 
 @functools.lru_cache(maxsize=64)

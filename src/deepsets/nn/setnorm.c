@@ -2,6 +2,8 @@
  *
  * Compiled on first use by deepsets/nn/kernels.py, once per element type: -DREAL=float or -DREAL=double.
  * Rows of set b are rows off[b] .. off[b+1]-1 of a contiguous [T, D] array. Statistics in double.
+ * valid (optional, one byte per row): rows with valid[r] == 0 are padding: ignored by the statistics, zero in
+ * the output and in the input gradient. NULL means every row is valid.
  * OpenMP: the library links the OpenMP runtime PyTorch already loaded, so it runs on PyTorch's threads.
  */
 #include <math.h>
@@ -11,6 +13,8 @@
 #ifndef REAL
 #define REAL float
 #endif
+
+#define ROW_OK(r) (!valid || valid[r])
 
 #define ROWS 32 /* rows per chunk: 32 x 128 x 4 bytes = 16 KiB, both passes of a chunk stay in L1/L2 */
 
@@ -42,15 +46,15 @@ static int make_chunks(const int64_t *off, int64_t B, chunks_t *c) {
 }
 
 /* y = (x - mean_b) * rstd_b * w + b (then ReLU), mean/rstd per set written to mean[], rstd[]. */
-int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, int64_t B, int64_t D, const REAL *w,
-                    const REAL *bias, double eps, int relu, double *mean, double *rstd) {
+int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, const uint8_t *valid, int64_t B, int64_t D,
+                    const REAL *w, const REAL *bias, double eps, int relu, double *mean, double *rstd) {
     chunks_t ch;
     if (make_chunks(off, B, &ch)) return -1;
     const int64_t nc = ch.n;
-    double *cmean = malloc(sizeof(double) * (size_t)(2 * nc + 1));
+    double *cmean = malloc(sizeof(double) * (size_t)(3 * nc + 1));
     REAL *A = malloc(sizeof(REAL) * (size_t)(2 * B * D + 1));
     if (!cmean || !A) { free(ch.set); free(cmean); free(A); return -1; }
-    double *cm2 = cmean + nc;
+    double *cm2 = cmean + nc, *ccount = cm2 + nc;
     REAL *S = A + B * D;
     const int64_t *first = ch.first;
 
@@ -62,17 +66,21 @@ int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, int64_t B, int64
         for (int64_t c = c0; c < c1; c++) { /* chunk moments: mean, then squares about it */
             const REAL *p = x + ch.start[c] * D;
             const int64_t rows = ch.end[c] - ch.start[c];
+            int64_t nv = 0;
             double s = 0.0;
             for (int64_t r = 0; r < rows; r++) {
+                if (!ROW_OK(ch.start[c] + r)) continue;
+                nv++;
                 REAL acc = 0;
 #pragma omp simd reduction(+ : acc)
                 for (int64_t d = 0; d < D; d++) acc += p[r * D + d];
                 s += acc;
             }
-            const double n = (double)(rows * D), m = s / n;
+            const double n = (double)(nv * D), m = nv ? s / n : 0.0;
             const REAL mr = (REAL)m;
             double q = 0.0;
             for (int64_t r = 0; r < rows; r++) {
+                if (!ROW_OK(ch.start[c] + r)) continue;
                 REAL acc = 0;
 #pragma omp simd reduction(+ : acc)
                 for (int64_t d = 0; d < D; d++) {
@@ -84,12 +92,14 @@ int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, int64_t B, int64
             const double dm = m - (double)mr;
             cmean[c] = m;
             cm2[c] = q - n * dm * dm; /* squares about m, not about its rounding mr */
+            ccount[c] = n;
         }
 #pragma omp single
         { /* exact pairwise combination of the set's chunks (Chan et al.) */
             double n = 0.0, mu = 0.0, m2 = 0.0;
             for (int64_t c = c0; c < c1; c++) {
-                const double nb = (double)((ch.end[c] - ch.start[c]) * D), delta = cmean[c] - mu, tot = n + nb;
+                const double nb = ccount[c], delta = cmean[c] - mu, tot = n + nb;
+                if (nb == 0) continue;
                 mu += delta * nb / tot;
                 m2 += cm2[c] + delta * delta * n * nb / tot;
                 n = tot;
@@ -108,7 +118,9 @@ int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, int64_t B, int64
             for (int64_t r = ch.start[c]; r < ch.end[c]; r++) {
                 const REAL *xr = x + r * D;
                 REAL *yr = y + r * D;
-                if (relu) {
+                if (!ROW_OK(r)) {
+                    for (int64_t d = 0; d < D; d++) yr[d] = 0;
+                } else if (relu) {
 #pragma omp simd
                     for (int64_t d = 0; d < D; d++) {
                         const REAL v = xr[d] * a[d] + sh[d];
@@ -129,8 +141,9 @@ int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, int64_t B, int64
 
 /* Gradients of setnorm_forward. y: its ReLU output (NULL without ReLU). G = g where y > 0 (or everywhere).
  * dx = G rstd w + k_b x + c_b from the per-set, per-feature sums C = sum_n G and P = sum_n G x. */
-int setnorm_backward(const REAL *g, const REAL *y, const REAL *x, const int64_t *off, int64_t B, int64_t D,
-                     const REAL *w, const double *mean, const double *rstd, REAL *dx, double *dw, double *db) {
+int setnorm_backward(const REAL *g, const REAL *y, const REAL *x, const int64_t *off, const uint8_t *valid,
+                     int64_t B, int64_t D, const REAL *w, const double *mean, const double *rstd, REAL *dx,
+                     double *dw, double *db) {
     chunks_t ch;
     if (make_chunks(off, B, &ch)) return -1;
     const int64_t nc = ch.n;
@@ -151,6 +164,7 @@ int setnorm_backward(const REAL *g, const REAL *y, const REAL *x, const int64_t 
         for (int64_t c = c0; c < c1; c++) { /* per chunk: sums of G and of G x over its rows, per feature */
             REAL *accC = cC + c * D, *accP = cP + c * D;
             for (int64_t r = ch.start[c]; r < ch.end[c]; r++) {
+                if (!ROW_OK(r)) continue;
                 const REAL *gr = g + r * D, *xr = x + r * D;
                 if (y) {
                     const REAL *yr = y + r * D;
@@ -177,7 +191,12 @@ int setnorm_backward(const REAL *g, const REAL *y, const REAL *x, const int64_t 
                     Cb[d] += cC[c * D + d];
                     Pb[d] += cP[c * D + d];
                 }
-            const double count = (double)((off[b + 1] - off[b]) * D);
+            int64_t nrows = off[b + 1] - off[b];
+            if (valid) {
+                nrows = 0;
+                for (int64_t r = off[b]; r < off[b + 1]; r++) nrows += valid[r] != 0;
+            }
+            const double count = (double)(nrows * D);
             double m1 = 0.0, m2 = 0.0;
             for (int64_t d = 0; d < D; d++) {
                 const double ph = (Pb[d] - mean[b] * Cb[d]) * rstd[b]; /* sum_n G xhat */
@@ -199,7 +218,9 @@ int setnorm_backward(const REAL *g, const REAL *y, const REAL *x, const int64_t 
             for (int64_t r = ch.start[c]; r < ch.end[c]; r++) {
                 const REAL *gr = g + r * D, *xr = x + r * D;
                 REAL *out = dx + r * D;
-                if (y) {
+                if (!ROW_OK(r)) {
+                    for (int64_t d = 0; d < D; d++) out[d] = 0;
+                } else if (y) {
                     const REAL *yr = y + r * D;
 #pragma omp simd
                     for (int64_t d = 0; d < D; d++) out[d] = (yr[d] > 0 ? gr[d] : 0) * a[d] + xr[d] * k + k0;

@@ -172,7 +172,14 @@ def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, ext
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train one model; returns a summary (and writes ``config.yaml``, ``metrics.csv``, checkpoints, PNG)."""
+    """Train one model; returns a summary (and writes ``config.yaml``, ``metrics.csv``, checkpoints, PNG).
+
+    Like the ``deepsets`` command, this tunes the process's allocator (:func:`deepsets.runtime.tune_allocator`)
+    unless ``DEEPSETS_TUNE_MALLOC=0``.
+    """
+    from ..runtime import tune_allocator
+
+    tune_allocator()
     spec = get_task(cfg.task)
     if cfg.out is None:
         cfg.out = default_out(cfg)
