@@ -161,3 +161,13 @@ def test_tune_allocator_is_idempotent():
 
     first = tune_allocator()
     assert tune_allocator() == first == allocator_tuned()
+
+
+def test_kernel_build_falls_back_to_a_temporary_folder(tmp_path, monkeypatch):
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("DEEPSETS_CACHE", str(blocker / "cache"))
+    built = kernels._build("float")
+    assert built.exists() and not str(built).startswith(str(blocker))

@@ -95,7 +95,13 @@ def _build(ctype: str) -> Path:
     out = cache_dir() / f"setnorm_{ctype}_{key}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home: build in a per-user temporary folder instead
+        out = Path(tempfile.gettempdir()) / f"deepsets-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}" / out.name
+        if out.exists():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         src, so = Path(tmp) / "setnorm.c", Path(tmp) / out.name
         src.write_bytes(source)
