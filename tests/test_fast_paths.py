@@ -171,3 +171,16 @@ def test_kernel_build_falls_back_to_a_temporary_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPSETS_CACHE", str(blocker / "cache"))
     built = kernels._build("float")
     assert built.exists() and not str(built).startswith(str(blocker))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_set_norm_fast_paths_support_double_backward(impl):
+    """A differentiated backward (create_graph=True, e.g. gradient penalties) falls back to plain autograd."""
+    _needs(impl)
+    x, w, b, mask = _inputs(5, B=2, N=5, D=3)
+    packed = PackedSets(mask)
+    cases = [(x, None, None), (packed.pack(x), packed, None)] + ([(x, None, mask)] if impl == "c" else [])
+    for xx, pk, mk in cases:
+        for relu in (False, True):
+            inputs = (xx.detach().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_())
+            assert torch.autograd.gradgradcheck(lambda a, ww, bb: _apply(impl, a, ww, bb, relu, pk, mk), inputs)

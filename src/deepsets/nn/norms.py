@@ -55,14 +55,14 @@ class SetNorm(_AffineNorm):
         w, b = self.weight.to(dtype), self.bias.to(dtype)
         if mask is None or isinstance(mask, PackedSets):
             # Unpadded [B, N, D] (every row of x[b] belongs to set b) or packed rows [T, D] of a padded batch.
-            xs = x.to(dtype)
+            xs = x.to(dtype).contiguous()
             if kernels.applies(xs):
                 offsets = _dense_offsets(*xs.shape[:2]) if mask is None else mask.offsets()
                 y = _SetNormKernelFunction.apply(xs, w, b, self.eps, relu, offsets)
             else:
                 y = _SetNormFunction.apply(xs, w, b, self.eps, relu, mask)
             return y.to(x.dtype)
-        xs = x.to(dtype)
+        xs = x.to(dtype).contiguous()
         if kernels.applies(xs):  # padded [B, N, D] with a bool mask: the kernels skip padded rows
             y = _SetNormKernelFunction.apply(xs, w, b, self.eps, relu, _dense_offsets(*xs.shape[:2]),
                                              mask.contiguous())
@@ -121,18 +121,19 @@ class _SetNormFunction(torch.autograd.Function):
             y = xc.mul_(packed.expand(rstd).unsqueeze(1)).mul_(weight).add_(bias)
         if relu:
             y.relu_()
-            ctx.save_for_backward(x, weight, mean, rstd, y)
-        else:
-            ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.relu, ctx.packed, ctx.count = relu, packed, count
+        ctx.save_for_backward(x, weight, bias, mean, rstd, *((y,) if relu else ()))
+        ctx.relu, ctx.packed, ctx.count, ctx.eps = relu, packed, count, eps
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, weight, mean, rstd = ctx.saved_tensors[:4]
+        x, weight, bias, mean, rstd = ctx.saved_tensors[:5]
         packed, count = ctx.packed, ctx.count
-        G = torch.ops.aten.threshold_backward(grad, ctx.saved_tensors[4], 0) if ctx.relu else grad.contiguous()
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward (higher-order gradients)
+            index = packed.index if packed is not None else _dense_index(x.shape[0], x.shape[1], x.device)
+            B = packed.num_sets if packed is not None else x.shape[0]
+            return (*_reference_grads(x, weight, bias, ctx.eps, ctx.relu, index, None, B, grad), None, None, None)
+        G = torch.ops.aten.threshold_backward(grad, ctx.saved_tensors[5], 0) if ctx.relu else grad.contiguous()
         Gx = G * x
         if packed is None:
             C, P = G.sum(dim=1), Gx.sum(dim=1)  # [B, D]: sum_n G, sum_n G x
@@ -168,16 +169,21 @@ class _SetNormKernelFunction(torch.autograd.Function):
         valid = None if valid is None else valid.reshape(-1)
         mean, rstd = kernels.set_norm_forward(x.view(-1, D), offsets, weight.contiguous(), bias.contiguous(),
                                               eps, relu, y.view(-1, D), valid)
-        ctx.save_for_backward(x, weight, mean, rstd, *((y,) if relu else ()))
-        ctx.offsets, ctx.valid = offsets, valid
+        ctx.save_for_backward(x, weight, bias, mean, rstd, *((y,) if relu else ()))
+        ctx.offsets, ctx.valid, ctx.eps, ctx.relu = offsets, valid, eps, relu
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, weight, mean, rstd = ctx.saved_tensors[:4]
-        y = ctx.saved_tensors[4] if len(ctx.saved_tensors) > 4 else None
+        x, weight, bias, mean, rstd = ctx.saved_tensors[:5]
+        y = ctx.saved_tensors[5] if len(ctx.saved_tensors) > 5 else None
         D = x.shape[-1]
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward (higher-order gradients)
+            sizes = torch.from_numpy(np.diff(ctx.offsets)).to(x.device)
+            index = torch.repeat_interleave(torch.arange(len(sizes), device=x.device), sizes)
+            grads = _reference_grads(x.reshape(-1, D), weight, bias, ctx.eps, ctx.relu, index, ctx.valid, len(sizes),
+                                     grad.reshape(-1, D))
+            return (grads[0].view(x.shape), *grads[1:], None, None, None, None)
         dx, dw, db = kernels.set_norm_backward(
             grad.reshape(-1, D), None if y is None else y.view(-1, D), x.view(-1, D), ctx.offsets,
             weight.contiguous(), mean, rstd, ctx.valid,
@@ -188,6 +194,32 @@ class _SetNormKernelFunction(torch.autograd.Function):
 @functools.lru_cache(maxsize=64)
 def _dense_offsets(B: int, N: int) -> np.ndarray:
     return np.arange(B + 1, dtype=np.int64) * N
+
+
+def _dense_index(B: int, N: int, device) -> Tensor:
+    return torch.arange(B, device=device).repeat_interleave(N)
+
+
+def _reference_grads(x, weight, bias, eps, relu, index, valid, B, grad):
+    """Gradients of set norm (+ ReLU) by autograd through plain ops, keeping the graph (double backward).
+
+    ``x``: rows ``[R, D]`` (or ``[B, N, D]``, flattened here); ``index[r]``: the set of row ``r``; ``valid``: an
+    optional bool per row (False = padding). Used only when a backward pass is itself differentiated.
+    """
+    shape = x.shape
+    D = shape[-1]
+    x2, g2 = x.reshape(-1, D), grad.reshape(-1, D)
+    v = (torch.ones(x2.shape[0], dtype=x.dtype, device=x.device) if valid is None
+         else valid.reshape(-1).to(x.dtype)).unsqueeze(1)
+    with torch.enable_grad():
+        count = (x2.new_zeros(B).index_add(0, index, v.squeeze(1)) * D).clamp_min(1.0)
+        mean = x2.new_zeros(B).index_add(0, index, (x2 * v).sum(dim=1)) / count
+        xc = (x2 - mean[index].unsqueeze(1)) * v
+        var = x2.new_zeros(B).index_add(0, index, xc.square().sum(dim=1)) / count
+        y = xc * torch.rsqrt(var + eps)[index].unsqueeze(1) * weight + bias
+        y = (F.relu(y) if relu else y) * v
+        dx, dw, db = torch.autograd.grad(y, (x2, weight, bias), g2, create_graph=True, allow_unused=True)
+    return dx.reshape(shape), dw, db
 
 
 # Set by deepsets.models.chunked while it evaluates a huge set chunk by chunk; None otherwise.
