@@ -48,7 +48,9 @@ class Attention(nn.Module):
         B, Nq, _ = q.shape
         Nk = k.shape[1]
         h, dh = self.heads, self.dim // self.heads
-        key, value = self.kv(k).view(B, Nk, 2, h, dh).permute(2, 0, 3, 1, 4)  # 2 x [B, h, Nk, dh]
+        # Split K|V along its own axis, then move heads: the gradients of key and value then stack straight
+        # back into the [B, Nk, 2 * dim] layout of the projection (no extra copy in the backward pass).
+        key, value = (t.transpose(1, 2) for t in self.kv(k).view(B, Nk, 2, h, dh).unbind(2))  # 2 x [B, h, Nk, dh]
         query = q.view(B, Nq, h, dh).transpose(1, 2)  # [B, h, Nq, dh]
         attn_mask = nonempty = None
         if key_mask is not None:
@@ -104,9 +106,9 @@ class MAB(nn.Module):
         """The rest of the block once the attention output ``att`` is known (``qp`` = projected queries)."""
         if self.residual == "clean":
             h = q + att
-            return zero_padding(h + F.relu(self.ff(self.norm_h(h, q_mask))), q_mask)
+            return zero_padding(h + F.relu(self.ff(self.norm_h(h, q_mask)), inplace=True), q_mask)
         h = self.norm0(qp + att, q_mask)
-        return self.norm1(h + F.relu(self.ff(h)), q_mask)
+        return self.norm1(h + F.relu(self.ff(h), inplace=True), q_mask)
 
     def forward_keys(self, q: Tensor, k_in: Tensor, q_mask: Tensor | None = None,
                      k_mask: Tensor | None = None) -> Tensor:
