@@ -70,7 +70,7 @@ class SetNorm(_AffineNorm):
         return self._padded_eager(xs, mask, w, b, relu).to(x.dtype)
 
     def _padded_eager(self, xs: Tensor, mask: Tensor, w: Tensor, b: Tensor, relu: bool) -> Tensor:
-        """Padded ``[B, N, D]`` with a bool mask in plain PyTorch ops (GPU, half precision, no kernels)."""
+        """Padded ``[B, N, D]`` with a bool mask in plain PyTorch ops (GPU, or where the kernels are unavailable)."""
         D = xs.shape[-1]
         m = mask.to(xs.dtype).unsqueeze(-1)  # [B, N, 1]
         count = (m.sum(dim=(1, 2), keepdim=True) * D).clamp_min(1.0)  # [B, 1, 1] valid values per set
