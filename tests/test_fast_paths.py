@@ -9,7 +9,7 @@ import deepsets
 from deepsets import nn as dnn
 from deepsets.nn import kernels
 from deepsets.nn.masking import PackedSets
-from deepsets.nn.norms import _dense_offsets, _SetNormFunction, _SetNormKernelFunction
+from deepsets.nn.norms import _SetNormFunction
 
 from test_nn import naive_set_norm
 
@@ -24,14 +24,10 @@ def _needs(impl):
 def _apply(impl, x, w, b, relu, packed, mask=None):
     """Set norm with one implementation: ``x`` dense [B, N, D] (all rows, or the rows where ``mask`` is True)
     when ``packed`` is None, else packed rows [T, D]."""
-    if impl == "eager":
-        if mask is not None:
-            norm = dnn.SetNorm(x.shape[-1]).to(x.dtype)
-            norm.weight, norm.bias = torch.nn.Parameter(w), torch.nn.Parameter(b)
-            return norm._padded_eager(x, mask, w, b, relu)
-        return _SetNormFunction.apply(x, w, b, 1e-5, relu, packed)
-    offsets = _dense_offsets(*x.shape[:2]) if packed is None else packed.offsets()
-    return _SetNormKernelFunction.apply(x, w, b, 1e-5, relu, offsets, mask)
+    if impl == "eager" and mask is not None:
+        norm = dnn.SetNorm(x.shape[-1]).to(x.dtype)
+        return norm._padded_eager(x, mask, w, b, relu)
+    return _SetNormFunction.apply(x, w, b, 1e-5, relu, packed if mask is None else mask, impl == "c")
 
 
 def _inputs(seed, B=4, N=30, D=16, shift=0.0, dtype=torch.float64):

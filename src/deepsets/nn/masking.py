@@ -9,6 +9,7 @@ its input's padded rows through (zero in, zero out), which saves a pass over the
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -110,8 +111,6 @@ class PackedSets:
     def offsets(self):
         """Row offsets of the sets as a NumPy int64 array ``[B + 1]`` (set ``b`` is rows ``o[b]:o[b+1]``)."""
         if self._offsets is None:
-            import numpy as np
-
             self._offsets = np.concatenate([[0], np.cumsum(self.sizes.cpu().numpy())]).astype(np.int64)
         return self._offsets
 

@@ -53,21 +53,14 @@ class SetNorm(_AffineNorm):
             return F.relu(y) if relu else y
         dtype = stats_dtype(x)
         w, b = self.weight.to(dtype), self.bias.to(dtype)
-        if mask is None or isinstance(mask, PackedSets):
-            # Unpadded [B, N, D] (every row of x[b] belongs to set b) or packed rows [T, D] of a padded batch.
-            xs = x.to(dtype).contiguous()
-            if kernels.applies(xs):
-                offsets = _dense_offsets(*xs.shape[:2]) if mask is None else mask.offsets()
-                y = _SetNormKernelFunction.apply(xs, w, b, self.eps, relu, offsets)
-            else:
-                y = _SetNormFunction.apply(xs, w, b, self.eps, relu, mask)
-            return y.to(x.dtype)
         xs = x.to(dtype).contiguous()
-        if kernels.applies(xs):  # padded [B, N, D] with a bool mask: the kernels skip padded rows
-            y = _SetNormKernelFunction.apply(xs, w, b, self.eps, relu, _dense_offsets(*xs.shape[:2]),
-                                             mask.contiguous())
-            return y.to(x.dtype)
-        return self._padded_eager(xs, mask, w, b, relu).to(x.dtype)
+        # mask None: unpadded [B, N, D]; PackedSets: packed rows [T, D]; bool mask: padded [B, N, D].
+        use_kernels = kernels.applies(xs)
+        if use_kernels or mask is None or isinstance(mask, PackedSets):
+            y = _SetNormFunction.apply(xs, w, b, self.eps, relu, mask, use_kernels)
+        else:
+            y = self._padded_eager(xs, mask, w, b, relu)
+        return y.to(x.dtype)
 
     def _padded_eager(self, xs: Tensor, mask: Tensor, w: Tensor, b: Tensor, relu: bool) -> Tensor:
         """Padded ``[B, N, D]`` with a bool mask in plain PyTorch ops (GPU, or where the kernels are unavailable)."""
@@ -88,107 +81,114 @@ class SetNorm(_AffineNorm):
 
 
 class _SetNormFunction(torch.autograd.Function):
-    """Set norm (optionally followed by ReLU) with a hand-written backward, for unpadded or packed sets.
+    """Set norm (optionally followed by ReLU) with a hand-written backward.
 
-    Forward: one reduction for the means, one centering pass, one reduction for the variances, and the affine
-    (and ReLU) applied in place; the variance is taken of centered values (no cancellation). Backward, with
-    ``G`` the gradient at the norm's output (zero where the ReLU was off) and ``xhat`` the normalized input::
-
-        dx = rstd * (G w - mean(G w) - xhat * mean(G w xhat))      (means over the set's elements x features)
-
-    computed from two per-set, per-feature sums (``sum_n G`` and ``sum_n G x``) and two passes. Native layer
-    norm over a whole ``[N, D]`` slab is several times slower on CPU (Welford statistics, a dense ``[N, D]``
-    affine and its gradient).
+    ``sets`` says which rows form a set: ``None`` (``x`` is ``[B, N, D]``, set ``b`` is ``x[b]``), a
+    :class:`PackedSets` (``x`` holds packed rows ``[T, D]``) or a bool mask ``[B, N]`` (padded ``x``; fused
+    kernels only). ``use_kernels`` picks the fused C kernels (:mod:`deepsets.nn.kernels`) or PyTorch ops
+    (:func:`_eager_forward`); both compute the same thing. A differentiated backward (``create_graph=True``)
+    goes through plain autograd ops instead (:func:`_reference_grads`), so higher-order gradients work.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, relu, packed):
-        if packed is None:
-            B, N, D = x.shape
-            count = float(N * D)
-            mean = x.reshape(B, -1).sum(dim=1) / count  # [B]
-            xc = x - mean.view(B, 1, 1)
-            var = torch.linalg.vector_norm(xc.reshape(B, -1), dim=1).square_() / count
-            rstd = (var + eps).rsqrt_()
-            y = xc.mul_(rstd.view(B, 1, 1) * weight).add_(bias)
-        else:
-            D = x.shape[1]
-            count = packed.sizes.to(x.dtype) * D  # [B]
-            mean = packed.sum(x.sum(dim=1)) / count
-            xc = x - packed.expand(mean).unsqueeze(1)
-            var = packed.sum(torch.linalg.vector_norm(xc, dim=1).square_()) / count
-            rstd = (var + eps).rsqrt_()
-            y = xc.mul_(packed.expand(rstd).unsqueeze(1)).mul_(weight).add_(bias)
-        if relu:
-            y.relu_()
+    def forward(ctx, x, weight, bias, eps, relu, sets, use_kernels):
+        forward = _kernel_forward if use_kernels else _eager_forward
+        y, mean, rstd = forward(x, weight, bias, eps, relu, sets)
         ctx.save_for_backward(x, weight, bias, mean, rstd, *((y,) if relu else ()))
-        ctx.relu, ctx.packed, ctx.count, ctx.eps = relu, packed, count, eps
+        ctx.eps, ctx.relu, ctx.sets, ctx.use_kernels = eps, relu, sets, use_kernels
         return y
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias, mean, rstd = ctx.saved_tensors[:5]
-        packed, count = ctx.packed, ctx.count
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward (higher-order gradients)
-            index = packed.index if packed is not None else _dense_index(x.shape[0], x.shape[1], x.device)
-            B = packed.num_sets if packed is not None else x.shape[0]
-            return (*_reference_grads(x, weight, bias, ctx.eps, ctx.relu, index, None, B, grad), None, None, None)
-        G = torch.ops.aten.threshold_backward(grad, ctx.saved_tensors[5], 0) if ctx.relu else grad.contiguous()
-        Gx = G * x
-        if packed is None:
-            C, P = G.sum(dim=1), Gx.sum(dim=1)  # [B, D]: sum_n G, sum_n G x
+        y = ctx.saved_tensors[5] if ctx.relu else None
+        if torch.is_grad_enabled():
+            dx, dw, db = _reference_grads(x, weight, bias, ctx.eps, ctx.relu, ctx.sets, grad)
+        elif ctx.use_kernels:
+            dx, dw, db = _kernel_backward(grad, y, x, weight, mean, rstd, ctx.sets)
         else:
-            C, P = packed.sum(G), packed.sum(Gx)
-        Ph = (P - mean.unsqueeze(1) * C) * rstd.unsqueeze(1)  # sum_n G xhat
-        m1 = (C @ weight) / count  # mean(G w) per set
-        m2 = (Ph @ weight) / count  # mean(G w xhat) per set
-        k = -rstd * rstd * m2  # dx = G (rstd w) + k x + c
-        c = -rstd * m1 - k * mean
-        dx = None
-        if ctx.needs_input_grad[0]:
-            if packed is None:
-                B = x.shape[0]
-                dx = torch.addcmul(c.view(B, 1, 1), x, k.view(B, 1, 1), out=Gx)
-                dx.addcmul_(G, (rstd.unsqueeze(1) * weight).unsqueeze(1))
-            else:
-                dx = torch.addcmul(packed.expand(c).unsqueeze(1), x, packed.expand(k).unsqueeze(1), out=Gx)
-                dx.addcmul_(G.mul_(weight) if G is not grad else G * weight, packed.expand(rstd).unsqueeze(1))
-        dw = Ph.sum(dim=0) if ctx.needs_input_grad[1] else None
-        db = C.sum(dim=0) if ctx.needs_input_grad[2] else None
-        return dx, dw, db, None, None, None
+            dx, dw, db = _eager_backward(grad, y, x, weight, mean, rstd, ctx.sets, ctx.needs_input_grad)
+        return dx, dw, db, None, None, None, None
 
 
-class _SetNormKernelFunction(torch.autograd.Function):
-    """Set norm (+ ReLU) with the fused CPU kernels of :mod:`deepsets.nn.kernels`; same maths as above."""
+def _eager_forward(x, weight, bias, eps, relu, packed):
+    """PyTorch ops: one reduction for the means, one centering pass, one reduction for the variances (of
+    centered values: no cancellation), the affine (and ReLU) in place. Unpadded or packed sets."""
+    if packed is None:
+        B, N, D = x.shape
+        count = float(N * D)
+        mean = x.reshape(B, -1).sum(dim=1) / count  # [B]
+        xc = x - mean.view(B, 1, 1)
+        var = torch.linalg.vector_norm(xc.reshape(B, -1), dim=1).square_() / count
+        rstd = (var + eps).rsqrt_()
+        y = xc.mul_(rstd.view(B, 1, 1) * weight).add_(bias)
+    else:
+        count = packed.sizes.to(x.dtype) * x.shape[1]  # [B]
+        mean = packed.sum(x.sum(dim=1)) / count
+        xc = x - packed.expand(mean).unsqueeze(1)
+        var = packed.sum(torch.linalg.vector_norm(xc, dim=1).square_()) / count
+        rstd = (var + eps).rsqrt_()
+        y = xc.mul_(packed.expand(rstd).unsqueeze(1)).mul_(weight).add_(bias)
+    return (y.relu_() if relu else y), mean, rstd
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps, relu, offsets, valid=None):
-        x = x.contiguous()
-        D = x.shape[-1]
-        y = torch.empty_like(x)
-        valid = None if valid is None else valid.reshape(-1)
-        mean, rstd = kernels.set_norm_forward(x.view(-1, D), offsets, weight.contiguous(), bias.contiguous(),
-                                              eps, relu, y.view(-1, D), valid)
-        ctx.save_for_backward(x, weight, bias, mean, rstd, *((y,) if relu else ()))
-        ctx.offsets, ctx.valid, ctx.eps, ctx.relu = offsets, valid, eps, relu
-        return y
 
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, bias, mean, rstd = ctx.saved_tensors[:5]
-        y = ctx.saved_tensors[5] if len(ctx.saved_tensors) > 5 else None
-        D = x.shape[-1]
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward (higher-order gradients)
-            sizes = torch.from_numpy(np.diff(ctx.offsets)).to(x.device)
-            index = torch.repeat_interleave(torch.arange(len(sizes), device=x.device), sizes)
-            grads = _reference_grads(x.reshape(-1, D), weight, bias, ctx.eps, ctx.relu, index, ctx.valid, len(sizes),
-                                     grad.reshape(-1, D))
-            return (grads[0].view(x.shape), *grads[1:], None, None, None, None)
-        dx, dw, db = kernels.set_norm_backward(
-            grad.reshape(-1, D), None if y is None else y.view(-1, D), x.view(-1, D), ctx.offsets,
-            weight.contiguous(), mean, rstd, ctx.valid,
-        )
-        return dx.view(x.shape), dw, db, None, None, None, None
+def _eager_backward(grad, y, x, weight, mean, rstd, packed, needs_input_grad):
+    """With ``G`` the gradient at the norm's output (zero where the ReLU was off), ``xhat`` the normalized input::
+
+        dx = rstd * (G w - mean(G w) - xhat * mean(G w xhat))      (means over the set's elements x features)
+
+    from two per-set, per-feature sums (``sum_n G`` and ``sum_n G x``) and two passes.
+    """
+    G = torch.ops.aten.threshold_backward(grad, y, 0) if y is not None else grad.contiguous()
+    Gx = G * x
+    if packed is None:
+        C, P = G.sum(dim=1), Gx.sum(dim=1)  # [B, D]: sum_n G, sum_n G x
+        count = float(x.shape[1] * x.shape[2])
+        per_row = lambda v: v.view(-1, 1, 1)  # noqa: E731 - a per-set value broadcast over its rows
+    else:
+        C, P = packed.sum(G), packed.sum(Gx)
+        count = packed.sizes.to(x.dtype) * x.shape[1]
+        per_row = lambda v: packed.expand(v).unsqueeze(1)  # noqa: E731
+    Ph = (P - mean.unsqueeze(1) * C) * rstd.unsqueeze(1)  # sum_n G xhat
+    m1 = (C @ weight) / count  # mean(G w) per set
+    m2 = (Ph @ weight) / count  # mean(G w xhat) per set
+    k = -rstd * rstd * m2  # dx = G (rstd w) + k x + c
+    c = -rstd * m1 - k * mean
+    dx = None
+    if needs_input_grad[0]:
+        dx = torch.addcmul(per_row(c), x, per_row(k), out=Gx)
+        if packed is None:  # rstd w is [B, 1, D]: broadcast, no [rows, D] temporary
+            dx.addcmul_(G, (rstd.unsqueeze(1) * weight).unsqueeze(1))
+        else:
+            dx.addcmul_(G * weight, per_row(rstd))
+    dw = Ph.sum(dim=0) if needs_input_grad[1] else None
+    db = C.sum(dim=0) if needs_input_grad[2] else None
+    return dx, dw, db
+
+
+def _kernel_rows(x, sets):
+    """What the C kernels need: row offsets of the sets (NumPy int64) and an optional per-row validity."""
+    if isinstance(sets, PackedSets):
+        return sets.offsets(), None
+    offsets = _dense_offsets(x.shape[0], x.shape[1])
+    return offsets, (None if sets is None else sets.contiguous().view(-1))
+
+
+def _kernel_forward(x, weight, bias, eps, relu, sets):
+    D = x.shape[-1]
+    offsets, valid = _kernel_rows(x, sets)
+    y = torch.empty_like(x)
+    mean, rstd = kernels.set_norm_forward(x.view(-1, D), offsets, weight.contiguous(), bias.contiguous(), eps, relu,
+                                          y.view(-1, D), valid)
+    return y, mean, rstd
+
+
+def _kernel_backward(grad, y, x, weight, mean, rstd, sets):
+    D = x.shape[-1]
+    offsets, valid = _kernel_rows(x, sets)
+    dx, dw, db = kernels.set_norm_backward(grad.reshape(-1, D), None if y is None else y.view(-1, D), x.view(-1, D),
+                                           offsets, weight.contiguous(), mean, rstd, valid)
+    return dx.view(x.shape), dw, db
 
 
 @functools.lru_cache(maxsize=64)
@@ -196,21 +196,20 @@ def _dense_offsets(B: int, N: int) -> np.ndarray:
     return np.arange(B + 1, dtype=np.int64) * N
 
 
-def _dense_index(B: int, N: int, device) -> Tensor:
-    return torch.arange(B, device=device).repeat_interleave(N)
-
-
-def _reference_grads(x, weight, bias, eps, relu, index, valid, B, grad):
+def _reference_grads(x, weight, bias, eps, relu, sets, grad):
     """Gradients of set norm (+ ReLU) by autograd through plain ops, keeping the graph (double backward).
 
-    ``x``: rows ``[R, D]`` (or ``[B, N, D]``, flattened here); ``index[r]``: the set of row ``r``; ``valid``: an
-    optional bool per row (False = padding). Used only when a backward pass is itself differentiated.
+    Used only when a backward pass is itself differentiated; ``sets`` as in :class:`_SetNormFunction`.
     """
-    shape = x.shape
-    D = shape[-1]
+    shape, D = x.shape, x.shape[-1]
+    if isinstance(sets, PackedSets):
+        index, valid, B = sets.index, None, sets.num_sets
+    else:
+        B = shape[0]
+        index = torch.arange(B, device=x.device).repeat_interleave(shape[1])
+        valid = None if sets is None else sets.reshape(-1)
     x2, g2 = x.reshape(-1, D), grad.reshape(-1, D)
-    v = (torch.ones(x2.shape[0], dtype=x.dtype, device=x.device) if valid is None
-         else valid.reshape(-1).to(x.dtype)).unsqueeze(1)
+    v = (torch.ones(x2.shape[0], dtype=x.dtype, device=x.device) if valid is None else valid.to(x.dtype)).unsqueeze(1)
     with torch.enable_grad():
         count = (x2.new_zeros(B).index_add(0, index, v.squeeze(1)) * D).clamp_min(1.0)
         mean = x2.new_zeros(B).index_add(0, index, (x2 * v).sum(dim=1)) / count
