@@ -29,8 +29,7 @@ from deepsets.testing import (
     check_permutation_invariance,
 )
 
-NORMS = ["set", "layer", "feature", "none"]
-RESIDUALS = {"DeepSets": ["clean", "nonclean", "none"], "SetTransformer": ["clean", "nonclean"]}
+from test_models import FAMILY_RESIDUALS as RESIDUALS, NORMS  # one grid of norms and wirings for both files
 COMBOS = [(name, norm) for name in deepsets.list_models() for norm in NORMS]
 FAST = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
