@@ -72,3 +72,23 @@ def test_bench_masked_counts_valid_elements_only():
     assert 4 * 20 <= out["valid_elements"] < 4 * 40
     expected = (out["step_ms"] / out["valid_elements"]) / (out["full_step_ms"] / (4 * 40))
     assert abs(out["padded_cost_per_valid_element"] - expected) < 1e-2 * expected
+
+
+def test_bench_mixed_precision_reports_both_matmul_baselines():
+    out = bench("deepsets++", depth=2, batch=2, set_size=30, precision="bf16-mixed", repeats=1, warmup=0)
+    assert out["precision"] == "bf16-mixed" and not out["compile"] and out["compile_mode"] is None
+    assert out["gemm_gflops_per_s"] > 0 and out["gemm_amp_gflops_per_s"] > 0
+    expected = out["gflops_per_s"] / out["gemm_amp_gflops_per_s"]
+    assert abs(out["ratio_amp"] - expected) < 1e-2 * expected + 1e-3
+
+
+def test_bench_compile_flag_takes_an_optional_mode():
+    import argparse
+
+    from deepsets.bench import add_bench_command
+
+    parser = argparse.ArgumentParser()
+    add_bench_command(parser.add_subparsers())
+    assert parser.parse_args(["bench"]).compile is None
+    assert parser.parse_args(["bench", "--compile"]).compile == "default"
+    assert parser.parse_args(["bench", "--compile", "reduce-overhead"]).compile == "reduce-overhead"

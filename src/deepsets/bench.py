@@ -14,6 +14,10 @@ What is measured, in one process, interleaved so that a change in machine load h
   backward). Norms, activations, pooling and the optimizer are not counted.
 - ``gflops_per_s = useful_gflop / step_s``; ``gemm_gflops_per_s = replayed FLOPs / gemm_s``. Their ratio is the
   share of the machine's matmul speed the model turns into useful work (1.0 = as fast as its matmuls alone).
+- with ``--precision bf16-mixed`` / ``16-mixed``: also ``gemm_amp_gflops_per_s``, the same replay in the
+  autocast dtype, and ``ratio_amp`` against it (the fp32 ``ratio`` then compares with a slower baseline).
+- with ``--compile [MODE]``: the step runs the ``torch.compile``-d model (``mode=MODE``, e.g. ``reduce-overhead``
+  for CUDA graphs); FLOPs and shapes are recorded from the eager one.
 """
 from __future__ import annotations
 
@@ -108,8 +112,8 @@ def _sync(device):
 
 
 def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int = 8, set_size: int = 1000,
-          in_dim: int = 2, masked: bool = False, device: str = "cpu", precision: str = "32", compile: bool = False,
-          warmup: int = 3, repeats: int = 15, seed: int = 0, **model_kw) -> dict:
+          in_dim: int = 2, masked: bool = False, device: str = "cpu", precision: str = "32",
+          compile: bool | str = False, warmup: int = 3, repeats: int = 15, seed: int = 0, **model_kw) -> dict:
     from .models import count_parameters, create_model
 
     torch.manual_seed(seed)
@@ -125,11 +129,12 @@ def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int =
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(amp)}")
     dtype = amp[precision]
     ctx = (lambda: torch.autocast(torch.device(device).type, dtype=dtype)) if dtype else nullcontext
-    fwd = torch.compile(model) if compile else model
+    mode = compile if isinstance(compile, str) else ("default" if compile else None)
+    fwd = torch.compile(model, mode=mode) if mode else model
 
-    def step(xb=x, mb=mask):
+    def step(xb=x, mb=mask, net=fwd):
         with ctx():
-            loss = torch.nn.functional.mse_loss(fwd(xb, mb).float(), y)
+            loss = torch.nn.functional.mse_loss(net(xb, mb).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -138,18 +143,35 @@ def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int =
     x_full = make_batch(batch, set_size, in_dim, False, seed, device)[0] if masked else None
 
     rec = MatmulRecorder()
-    with rec:
-        step()
+    with rec:  # the eager model: same matmul shapes, and no compilation under a dispatch mode
+        step(net=model)
     calls = rec.calls
-    tensors = [(kind, torch.randn(*a, device=device), torch.randn(*b, device=device)) for kind, (a, b) in calls]
     gemm_flops = sum(_flops(k, s) for k, s in calls)
 
-    def replay():
-        for kind, a, b in tensors:
+    def operands(dt):
+        return [(kind, torch.randn(*a, device=device, dtype=dt), torch.randn(*b, device=device, dtype=dt))
+                for kind, (a, b) in calls]
+
+    def replay(ops):
+        for kind, a, b in ops:
             (torch.mm if kind == "mm" else torch.bmm)(a, b)
 
+    def time_replay(ops, n=repeats):
+        for _ in range(2):
+            replay(ops)
+        times = []
+        for _ in range(n):
+            _sync(device)
+            t0 = time.perf_counter()
+            replay(ops)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    tensors = operands(torch.float32)
+
     for _ in range(warmup):
-        step(), replay()
+        step(), replay(tensors)
         if masked:
             step(x_full, None)
     step_t, gemm_t, full_t = [], [], []
@@ -159,7 +181,7 @@ def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int =
         step()
         _sync(device)
         t1 = time.perf_counter()
-        replay()
+        replay(tensors)
         _sync(device)
         t2 = time.perf_counter()
         step_t.append(t1 - t0)
@@ -170,6 +192,12 @@ def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int =
             full_t.append(time.perf_counter() - t2)
     step_s, gemm_s = statistics.median(step_t), statistics.median(gemm_t)
     valid = int(mask.sum()) if mask is not None else batch * set_size
+    extra = {}
+    if dtype is not None:  # mixed precision: also the matmul rate in the autocast dtype, same shapes
+        del tensors
+        low_s = time_replay(operands(dtype))
+        extra = {"gemm_amp_gflops_per_s": round(gemm_flops / 1e9 / low_s, 3),
+                 "ratio_amp": round((flops / step_s) / (gemm_flops / low_s), 4)}
     padded = {}
     if masked:
         full_s = statistics.median(full_t)
@@ -181,8 +209,8 @@ def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int =
         }
     return {
         "model": model_name, "depth": model.config.depth, "batch": batch, "set_size": set_size, "in_dim": in_dim,
-        "masked": masked, "valid_elements": valid, "device": device, "precision": precision, "compile": compile,
-        "threads": torch.get_num_threads(), "params": count_parameters(model),
+        "masked": masked, "valid_elements": valid, "device": device, "precision": precision, "compile": bool(mode),
+        "compile_mode": mode, "threads": torch.get_num_threads(), "params": count_parameters(model),
         "step_ms": round(step_s * 1e3, 3), "step_ms_min": round(min(step_t) * 1e3, 3),
         "sets_per_s": round(batch / step_s, 3),
         "us_per_valid_element": round(step_s * 1e6 / valid, 4),
@@ -191,7 +219,7 @@ def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int =
         "gemm_gflops_per_s": round(gemm_flops / 1e9 / gemm_s, 3),
         "ratio": round((flops / step_s) / (gemm_flops / gemm_s), 4),
         "torch": torch.__version__, "repeats": repeats,
-        "set_norm_kernels": _kernels.name(), "malloc_tuned": allocator_tuned(), **padded,
+        "set_norm_kernels": _kernels.name(), "malloc_tuned": allocator_tuned(), **extra, **padded,
     }
 
 
@@ -206,7 +234,8 @@ def add_bench_command(sub) -> None:
     p.add_argument("--masked", action="store_true", help="set sizes uniform in [N/2, N], padded to N")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the model; optional mode, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print only the JSON object")
