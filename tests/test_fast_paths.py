@@ -180,3 +180,56 @@ def test_set_norm_fast_paths_support_double_backward(impl):
         for relu in (False, True):
             inputs = (xx.detach().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_())
             assert torch.autograd.gradgradcheck(lambda a, ww, bb: _apply(impl, a, ww, bb, relu, pk, mk), inputs)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_set_norm_skip_copy_carries_its_gradient(impl):
+    """The skip output (a copy of x for pre-norm blocks) equals x, and its gradient joins the norm's input
+    gradient: gradcheck of x -> (norm(x), copy) on every layout, and double backward."""
+    _needs(impl)
+    x, w, b, mask = _inputs(6, B=3, N=7, D=5)
+    packed = PackedSets(mask)
+    for xx, pk, mk in ((x, None, None), (packed.pack(x), packed, None), (x, None, mask)):
+        if impl == "eager" and mk is not None:
+            continue  # padded batches without kernels take SetNorm._padded_eager (no skip copy)
+        for relu in (False, True):
+            def f(a, ww, bb):
+                y, copy = _SetNormFunction.apply(a, ww, bb, 1e-5, relu, pk if mk is None else mk, impl == "c", True)
+                return y, copy * 1.5  # a non-trivial gradient for the copy
+            inputs = (xx.detach().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_())
+            y, copy = _SetNormFunction.apply(*inputs, 1e-5, relu, pk if mk is None else mk, impl == "c", True)
+            torch.testing.assert_close(copy, xx.reshape(-1, xx.shape[-1]), rtol=0, atol=0)
+            assert torch.autograd.gradcheck(f, inputs)
+            assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("layout", ["dense", "packed", "padded"])
+def test_pre_norm_block_with_fused_skip_matches_plain_ops(layout, monkeypatch):
+    """Deep Sets++ block: norm kernels + skip copy + in-place accumulation vs the same block in plain ops."""
+    _needs("c")
+    torch.manual_seed(0)
+    block = dnn.DeepSetsBlock(16, "set", "clean").double()
+    x, _, _, mask = _inputs(7, B=3, N=20, D=16)
+    if layout == "dense":
+        mask = torch.ones_like(mask)
+    packed = PackedSets(mask) if layout == "packed" else None
+    x = x * mask.unsqueeze(-1)  # padded rows of the residual stream are zero
+    arg = packed if packed else (None if layout == "dense" else mask)
+    xin = packed.pack(x) if packed else x
+
+    def run():
+        xs = xin.detach().requires_grad_()
+        out = block(xs, arg)
+        g = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
+        (out * g).sum().backward()
+        grads = [p.grad.clone() for p in block.parameters()]
+        block.zero_grad(set_to_none=True)
+        return out.detach(), xs.grad, grads
+
+    out, gx, grads = run()
+    monkeypatch.setenv("DEEPSETS_KERNELS", "0")
+    ref_out, ref_gx, ref_grads = run()
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gx, ref_gx, rtol=1e-9, atol=1e-10)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-10)

@@ -33,7 +33,7 @@ from .nn import kernels as _kernels
 from .runtime import allocator_tuned
 
 aten = torch.ops.aten
-_MM = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+_MM = {aten.mm.default, aten.addmm.default, aten.addmm_.default, aten.bmm.default, aten.baddbmm.default}
 _ATTN_PREFIX = "_scaled_dot_product"
 
 
@@ -48,7 +48,7 @@ class MatmulRecorder(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in (aten.mm.default,):
             self.calls.append(("mm", (tuple(args[0].shape), tuple(args[1].shape))))
-        elif func is aten.addmm.default:
+        elif func in (aten.addmm.default, aten.addmm_.default):
             self.calls.append(("mm", (tuple(args[1].shape), tuple(args[2].shape))))
         elif func is aten.bmm.default:
             self.calls.append(("bmm", (tuple(args[0].shape), tuple(args[1].shape))))

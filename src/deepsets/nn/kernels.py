@@ -116,8 +116,8 @@ def _lib(dtype: torch.dtype) -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(_build(_TYPES[dtype])))
         p, i64, dbl, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-        lib.setnorm_forward.argtypes = [p, p, p, p, i64, i64, p, p, dbl, c_int, p, p]
-        lib.setnorm_backward.argtypes = [p, p, p, p, p, i64, i64, p, p, p, p, p, p]
+        lib.setnorm_forward.argtypes = [p, p, p, p, i64, i64, p, p, dbl, c_int, p, p, p]
+        lib.setnorm_backward.argtypes = [p, c_int, p, p, p, i64, i64, p, p, p, p, p, p, p, p]
         lib.setnorm_forward.restype = lib.setnorm_backward.restype = c_int
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", b"") or b""
@@ -139,35 +139,40 @@ def _opt(t) -> int | None:
 
 
 def set_norm_forward(x2d: torch.Tensor, offsets: np.ndarray, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                     relu: bool, out: torch.Tensor, valid: torch.Tensor | None = None):
+                     relu: bool, out: torch.Tensor, valid: torch.Tensor | None = None,
+                     copy: torch.Tensor | None = None):
     """Write set norm (+ ReLU) of contiguous rows ``x2d [T, D]`` into ``out``; return float64 ``(mean, rstd)``.
 
     Set ``b`` is rows ``offsets[b]:offsets[b+1]`` (``offsets``: int64 NumPy array ``[B + 1]``). ``valid``: an
-    optional contiguous bool ``[T]``; rows where it is False are padding (ignored, zero output).
+    optional contiguous bool ``[T]``; rows where it is False are padding (ignored, zero output). ``copy``: an
+    optional ``[T, D]`` buffer that receives ``x2d`` in the same pass.
     """
     B, D = offsets.shape[0] - 1, x2d.shape[1]
     mean = torch.empty(B, dtype=torch.float64)
     rstd = torch.empty(B, dtype=torch.float64)
     rc = _lib(x2d.dtype).setnorm_forward(_ptr(x2d), _ptr(out), _ptr(offsets), _opt(valid), B, D, _ptr(weight),
-                                         _ptr(bias), float(eps), int(relu), _ptr(mean), _ptr(rstd))
+                                         _ptr(bias), float(eps), int(relu), _ptr(mean), _ptr(rstd), _opt(copy))
     if rc:
         raise MemoryError("set norm kernel: out of memory")
     return mean, rstd
 
 
-def set_norm_backward(grad: torch.Tensor, y: torch.Tensor | None, x2d: torch.Tensor, offsets: np.ndarray,
-                      weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, valid: torch.Tensor | None = None):
-    """``(dx, dweight, dbias)``; ``y`` is the ReLU output when the norm was fused with a ReLU, else None.
-
-    ``mean`` and ``rstd`` are the float64 statistics returned by :func:`set_norm_forward`.
+def set_norm_backward(grad: torch.Tensor, relu: bool, x2d: torch.Tensor, offsets: np.ndarray, weight: torch.Tensor,
+                      bias: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, valid: torch.Tensor | None = None,
+                      grad_copy: torch.Tensor | None = None):
+    """``(dx, dweight, dbias)`` of :func:`set_norm_forward` with the same ``relu``, ``weight``, ``bias`` and its
+    float64 ``mean`` and ``rstd`` (the ReLU's gate is recomputed from ``x2d``). ``grad_copy``: the gradient
+    reaching the forward's ``copy``, added to ``dx`` in the same pass.
     """
     B, D = offsets.shape[0] - 1, x2d.shape[1]
     g = grad.contiguous()
     dx = torch.empty_like(x2d)
     dw = torch.empty(D, dtype=torch.float64)
     db = torch.empty(D, dtype=torch.float64)
-    rc = _lib(x2d.dtype).setnorm_backward(_ptr(g), _opt(y), _ptr(x2d), _ptr(offsets), _opt(valid), B, D,
-                                          _ptr(weight), _ptr(mean), _ptr(rstd), _ptr(dx), _ptr(dw), _ptr(db))
+    gc = None if grad_copy is None else grad_copy.contiguous()
+    rc = _lib(x2d.dtype).setnorm_backward(_ptr(g), int(relu), _ptr(x2d), _ptr(offsets), _opt(valid), B, D,
+                                          _ptr(weight), _ptr(bias), _ptr(mean), _ptr(rstd), _opt(gc), _ptr(dx),
+                                          _ptr(dw), _ptr(db))
     if rc:
         raise MemoryError("set norm kernel: out of memory")
     return dx, dw.to(x2d.dtype), db.to(x2d.dtype)

@@ -62,6 +62,18 @@ class SetNorm(_AffineNorm):
             y = self._padded_eager(xs, mask, w, b, relu)
         return y.to(x.dtype)
 
+    def forward_with_skip(self, x: Tensor, mask=None, relu: bool = False) -> tuple[Tensor, Tensor]:
+        """``(forward(x, mask, relu), skip)`` for a pre-norm residual block ``x + f(norm(x))``.
+
+        Where the fused kernels apply, ``skip`` is a private copy of ``x`` as rows ``[T, D]``, written by the
+        norm's own pass; the block may accumulate its branch into it in place, and its gradient joins the norm's
+        input gradient in the norm's backward pass (no separate copy or gradient sum). Elsewhere ``skip`` is ``x``.
+        """
+        if _CHUNK_HOOK is None and kernels.applies(x) and x.dtype == stats_dtype(x) and x.is_contiguous():
+            w, b = self.weight.to(x.dtype), self.bias.to(x.dtype)
+            return _SetNormFunction.apply(x, w, b, self.eps, relu, mask, True, True)
+        return self.forward(x, mask, relu), x
+
     def _padded_eager(self, xs: Tensor, mask: Tensor, w: Tensor, b: Tensor, relu: bool) -> Tensor:
         """Padded ``[B, N, D]`` with a bool mask in plain PyTorch ops (GPU, or where the kernels are unavailable)."""
         D = xs.shape[-1]
@@ -91,24 +103,34 @@ class _SetNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, relu, sets, use_kernels):
-        forward = _kernel_forward if use_kernels else _eager_forward
-        y, mean, rstd = forward(x, weight, bias, eps, relu, sets)
-        ctx.save_for_backward(x, weight, bias, mean, rstd, *((y,) if relu else ()))
+    def forward(ctx, x, weight, bias, eps, relu, sets, use_kernels, skip=False):
+        # skip (kernels only): also return a copy of x as rows [T, D], written in the same pass
+        if use_kernels:
+            y, mean, rstd, copy = _kernel_forward(x, weight, bias, eps, relu, sets, skip)
+            extra = ()  # the ReLU's gate is recomputed from x
+        else:
+            y, mean, rstd = _eager_forward(x, weight, bias, eps, relu, sets)
+            copy = x.reshape(-1, x.shape[-1]).clone() if skip else None
+            extra = (y,) if relu else ()
+        ctx.save_for_backward(x, weight, bias, mean, rstd, *extra)
         ctx.eps, ctx.relu, ctx.sets, ctx.use_kernels = eps, relu, sets, use_kernels
-        return y
+        return (y, copy) if skip else y
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, grad_copy=None):
         x, weight, bias, mean, rstd = ctx.saved_tensors[:5]
-        y = ctx.saved_tensors[5] if ctx.relu else None
         if torch.is_grad_enabled():
             dx, dw, db = _reference_grads(x, weight, bias, ctx.eps, ctx.relu, ctx.sets, grad)
+            if grad_copy is not None:
+                dx = dx + grad_copy.view(x.shape)
         elif ctx.use_kernels:
-            dx, dw, db = _kernel_backward(grad, y, x, weight, mean, rstd, ctx.sets)
+            dx, dw, db = _kernel_backward(grad, ctx.relu, x, weight, bias, mean, rstd, ctx.sets, grad_copy)
         else:
+            y = ctx.saved_tensors[5] if ctx.relu else None
             dx, dw, db = _eager_backward(grad, y, x, weight, mean, rstd, ctx.sets, ctx.needs_input_grad)
-        return dx, dw, db, None, None, None, None
+            if grad_copy is not None:
+                dx = dx + grad_copy.view(x.shape)
+        return dx, dw, db, None, None, None, None, None
 
 
 def _eager_forward(x, weight, bias, eps, relu, packed):
@@ -174,20 +196,22 @@ def _kernel_rows(x, sets):
     return offsets, (None if sets is None else sets.contiguous().view(-1))
 
 
-def _kernel_forward(x, weight, bias, eps, relu, sets):
+def _kernel_forward(x, weight, bias, eps, relu, sets, skip=False):
     D = x.shape[-1]
     offsets, valid = _kernel_rows(x, sets)
     y = torch.empty_like(x)
+    copy = torch.empty((x.numel() // D, D), dtype=x.dtype) if skip else None
     mean, rstd = kernels.set_norm_forward(x.view(-1, D), offsets, weight.contiguous(), bias.contiguous(), eps, relu,
-                                          y.view(-1, D), valid)
-    return y, mean, rstd
+                                          y.view(-1, D), valid, copy)
+    return y, mean, rstd, copy
 
 
-def _kernel_backward(grad, y, x, weight, mean, rstd, sets):
+def _kernel_backward(grad, relu, x, weight, bias, mean, rstd, sets, grad_copy=None):
     D = x.shape[-1]
     offsets, valid = _kernel_rows(x, sets)
-    dx, dw, db = kernels.set_norm_backward(grad.reshape(-1, D), None if y is None else y.view(-1, D), x.view(-1, D),
-                                           offsets, weight.contiguous(), mean, rstd, valid)
+    dx, dw, db = kernels.set_norm_backward(grad.reshape(-1, D), relu, x.view(-1, D), offsets, weight.contiguous(),
+                                           bias.contiguous(), mean, rstd, valid,
+                                           None if grad_copy is None else grad_copy.reshape(-1, D))
     return dx.view(x.shape), dw, db
 
 

@@ -45,9 +45,11 @@ static int make_chunks(const int64_t *off, int64_t B, chunks_t *c) {
     return 0;
 }
 
-/* y = (x - mean_b) * rstd_b * w + b (then ReLU), mean/rstd per set written to mean[], rstd[]. */
+/* y = (x - mean_b) * rstd_b * w + b (then ReLU), mean/rstd per set written to mean[], rstd[].
+ * copy (optional): also receives x, from the same pass (the residual stream of a pre-norm block). */
 int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, const uint8_t *valid, int64_t B, int64_t D,
-                    const REAL *w, const REAL *bias, double eps, int relu, double *mean, double *rstd) {
+                    const REAL *w, const REAL *bias, double eps, int relu, double *mean, double *rstd,
+                    REAL *copy) {
     chunks_t ch;
     if (make_chunks(off, B, &ch)) return -1;
     const int64_t nc = ch.n;
@@ -118,6 +120,11 @@ int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, const uint8_t *v
             for (int64_t r = ch.start[c]; r < ch.end[c]; r++) {
                 const REAL *xr = x + r * D;
                 REAL *yr = y + r * D;
+                if (copy) {
+                    REAL *cr = copy + r * D;
+#pragma omp simd
+                    for (int64_t d = 0; d < D; d++) cr[d] = xr[d];
+                }
                 if (!ROW_OK(r)) {
                     for (int64_t d = 0; d < D; d++) yr[d] = 0;
                 } else if (relu) {
@@ -139,22 +146,30 @@ int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, const uint8_t *v
     return 0;
 }
 
-/* Gradients of setnorm_forward. y: its ReLU output (NULL without ReLU). G = g where y > 0 (or everywhere).
- * dx = G rstd w + k_b x + c_b from the per-set, per-feature sums C = sum_n G and P = sum_n G x. */
-int setnorm_backward(const REAL *g, const REAL *y, const REAL *x, const int64_t *off, const uint8_t *valid,
-                     int64_t B, int64_t D, const REAL *w, const double *mean, const double *rstd, REAL *dx,
-                     double *dw, double *db) {
+/* Gradients of setnorm_forward. With relu, G = g where the forward's pre-activation x a + s was > 0 (recomputed
+ * from x with the same per-set a = rstd w, s = bias - mean rstd w as the forward: no read of the output), else
+ * G = g. dx = G rstd w + k_b x + c_b (+ gskip, the gradient of the forward's copy, if given) from the per-set,
+ * per-feature sums C = sum_n G and P = sum_n G x. */
+int setnorm_backward(const REAL *g, int relu, const REAL *x, const int64_t *off, const uint8_t *valid,
+                     int64_t B, int64_t D, const REAL *w, const REAL *bias, const double *mean, const double *rstd,
+                     const REAL *gskip, REAL *dx, double *dw, double *db) {
     chunks_t ch;
     if (make_chunks(off, B, &ch)) return -1;
     const int64_t nc = ch.n;
     REAL *cC = calloc((size_t)(2 * nc * D + 1), sizeof(REAL));
     double *C = calloc((size_t)(2 * B * D + 1), sizeof(double));
-    REAL *A = malloc(sizeof(REAL) * (size_t)(B * D + 2 * B + 1));
+    REAL *A = malloc(sizeof(REAL) * (size_t)(2 * B * D + 2 * B + 1));
     if (!cC || !C || !A) { free(ch.set); free(cC); free(C); free(A); return -1; }
     REAL *cP = cC + nc * D;
     double *P = C + B * D;
-    REAL *K = A + B * D, *K0 = K + B;
+    REAL *S = A + B * D, *K = S + B * D, *K0 = K + B;
 
+    /* the forward's per-set scale and shift, computed exactly as it did (same roundings) */
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t d = 0; d < D; d++) {
+            A[b * D + d] = (REAL)(rstd[b] * w[d]);
+            S[b * D + d] = (REAL)(bias[d] - mean[b] * rstd[b] * w[d]);
+        }
     for (int64_t d = 0; d < D; d++) dw[d] = db[d] = 0.0;
     /* Set by set, so that the second pass finds each thread's chunks of the set still in its cache. */
 #pragma omp parallel
@@ -163,14 +178,15 @@ int setnorm_backward(const REAL *g, const REAL *y, const REAL *x, const int64_t 
 #pragma omp for schedule(static)
         for (int64_t c = c0; c < c1; c++) { /* per chunk: sums of G and of G x over its rows, per feature */
             REAL *accC = cC + c * D, *accP = cP + c * D;
+            const REAL *a = A + ch.set[c] * D, *sh = S + ch.set[c] * D;
             for (int64_t r = ch.start[c]; r < ch.end[c]; r++) {
                 if (!ROW_OK(r)) continue;
                 const REAL *gr = g + r * D, *xr = x + r * D;
-                if (y) {
-                    const REAL *yr = y + r * D;
+                if (relu) {
 #pragma omp simd
                     for (int64_t d = 0; d < D; d++) {
-                        const REAL gv = yr[d] > 0 ? gr[d] : 0;
+                        const REAL v = xr[d] * a[d] + sh[d];
+                        const REAL gv = v > 0 ? gr[d] : 0;
                         accC[d] += gv;
                         accP[d] += gv * xr[d];
                     }
@@ -204,7 +220,6 @@ int setnorm_backward(const REAL *g, const REAL *y, const REAL *x, const int64_t 
                 db[d] += Cb[d];
                 m1 += w[d] * Cb[d];
                 m2 += w[d] * ph;
-                A[b * D + d] = (REAL)(rstd[b] * w[d]);
             }
             m1 /= count > 0 ? count : 1.0;
             m2 /= count > 0 ? count : 1.0;
@@ -212,18 +227,29 @@ int setnorm_backward(const REAL *g, const REAL *y, const REAL *x, const int64_t 
             K[b] = (REAL)k;
             K0[b] = (REAL)(-rstd[b] * m1 - k * mean[b]);
         }
-        const REAL *a = A + b * D, k = K[b], k0 = K0[b];
+        const REAL *a = A + b * D, *sh = S + b * D, k = K[b], k0 = K0[b];
 #pragma omp for schedule(static)
         for (int64_t c = c0; c < c1; c++) {
             for (int64_t r = ch.start[c]; r < ch.end[c]; r++) {
-                const REAL *gr = g + r * D, *xr = x + r * D;
+                const REAL *gr = g + r * D, *xr = x + r * D, *sk = gskip ? gskip + r * D : NULL;
                 REAL *out = dx + r * D;
                 if (!ROW_OK(r)) {
-                    for (int64_t d = 0; d < D; d++) out[d] = 0;
-                } else if (y) {
-                    const REAL *yr = y + r * D;
+                    for (int64_t d = 0; d < D; d++) out[d] = sk ? sk[d] : 0;
+                } else if (relu && sk) {
 #pragma omp simd
-                    for (int64_t d = 0; d < D; d++) out[d] = (yr[d] > 0 ? gr[d] : 0) * a[d] + xr[d] * k + k0;
+                    for (int64_t d = 0; d < D; d++) {
+                        const REAL v = xr[d] * a[d] + sh[d];
+                        out[d] = (v > 0 ? gr[d] : 0) * a[d] + xr[d] * k + k0 + sk[d];
+                    }
+                } else if (relu) {
+#pragma omp simd
+                    for (int64_t d = 0; d < D; d++) {
+                        const REAL v = xr[d] * a[d] + sh[d];
+                        out[d] = (v > 0 ? gr[d] : 0) * a[d] + xr[d] * k + k0;
+                    }
+                } else if (sk) {
+#pragma omp simd
+                    for (int64_t d = 0; d < D; d++) out[d] = gr[d] * a[d] + xr[d] * k + k0 + sk[d];
                 } else {
 #pragma omp simd
                     for (int64_t d = 0; d < D; d++) out[d] = gr[d] * a[d] + xr[d] * k + k0;
