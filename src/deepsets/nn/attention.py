@@ -106,15 +106,21 @@ class MAB(nn.Module):
         """The rest of the block once the attention output ``att`` is known (``qp`` = projected queries)."""
         if self.residual == "clean":
             h = q + att
-            return zero_padding(h + F.relu(self.ff(self.norm_h(h, q_mask)), inplace=True), q_mask)
+            return zero_padding(h + _linear_relu(self.norm_h(h, q_mask), self.ff), q_mask)
         h = self.norm0(qp + att, q_mask)
-        return self.norm1(h + F.relu(self.ff(h), inplace=True), q_mask)
+        return self.norm1(h + _linear_relu(h, self.ff), q_mask)
 
     def forward_keys(self, q: Tensor, k_in: Tensor, q_mask: Tensor | None = None,
                      k_mask: Tensor | None = None) -> Tensor:
         """``forward`` with the key input already computed by :meth:`key_input`."""
         qp = self.attn.q(self.query_input(q, q_mask))
         return self.after_attention(q, qp, self.attn.attend(qp, k_in, k_mask), q_mask)
+
+
+def _linear_relu(x: Tensor, fc: nn.Linear) -> Tensor:
+    """``ReLU(fc(x))`` with the ReLU in place on the product's own 2-D output: on a reshaped view of it, the
+    in-place op would cost autograd a copy of the whole gradient in the backward pass."""
+    return F.relu(F.linear(x.reshape(-1, x.shape[-1]), fc.weight, fc.bias), inplace=True).view(*x.shape[:-1], -1)
 
 
 class SAB(nn.Module):
