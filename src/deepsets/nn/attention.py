@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .masking import zero_padding
-from .norms import make_norm, resolve_choice
+from .norms import SetNorm, make_norm, resolve_choice
 
 RESIDUALS = ("clean", "nonclean")
 
@@ -102,19 +102,43 @@ class MAB(nn.Module):
             return self.norm_q(q, q_mask)
         return q
 
-    def after_attention(self, q: Tensor, qp: Tensor, att: Tensor, q_mask: Tensor | None = None) -> Tensor:
-        """The rest of the block once the attention output ``att`` is known (``qp`` = projected queries)."""
+    def after_attention(self, q: Tensor, qp: Tensor, att: Tensor, q_mask: Tensor | None = None,
+                        skip: Tensor | None = None) -> Tensor:
+        """The rest of the block once the attention output ``att`` is known (``qp`` = projected queries).
+
+        ``skip``: a private ``[T, D]`` copy of ``q`` (from :meth:`SetNorm.forward_with_skip`) that the
+        residual sum may accumulate into in place; ``None`` or ``q`` itself otherwise.
+        """
         if self.residual == "clean":
-            h = q + att
-            return zero_padding(h + _linear_relu(self.norm_h(h, q_mask), self.ff), q_mask)
+            h = _residual_add(q, skip, att)
+            hn, skip_h = _norm_and_skip(self.norm_h, h, q_mask)
+            return zero_padding(_residual_add(h, skip_h, _linear_relu(hn, self.ff)), q_mask)
         h = self.norm0(qp + att, q_mask)
         return self.norm1(h + _linear_relu(h, self.ff), q_mask)
 
     def forward_keys(self, q: Tensor, k_in: Tensor, q_mask: Tensor | None = None,
                      k_mask: Tensor | None = None) -> Tensor:
         """``forward`` with the key input already computed by :meth:`key_input`."""
-        qp = self.attn.q(self.query_input(q, q_mask))
-        return self.after_attention(q, qp, self.attn.attend(qp, k_in, k_mask), q_mask)
+        if self.residual == "clean" and self.norm_q is not None:
+            q_in, skip = _norm_and_skip(self.norm_q, q, q_mask)
+        else:
+            q_in, skip = self.query_input(q, q_mask), None
+        qp = self.attn.q(q_in)
+        return self.after_attention(q, qp, self.attn.attend(qp, k_in, k_mask), q_mask, skip)
+
+
+def _norm_and_skip(norm: nn.Module, x: Tensor, mask) -> tuple[Tensor, Tensor]:
+    """``(norm(x), skip)`` of a pre-norm residual branch; see :meth:`SetNorm.forward_with_skip`."""
+    if isinstance(norm, SetNorm):
+        return norm.forward_with_skip(x, mask)
+    return norm(x, mask), x
+
+
+def _residual_add(x: Tensor, skip: Tensor | None, branch: Tensor) -> Tensor:
+    """``x + branch``; accumulated in place into ``skip`` where it is a private ``[T, D]`` copy of ``x``."""
+    if skip is None or skip is x:
+        return x + branch
+    return skip.add_(branch.reshape(skip.shape)).view(x.shape)
 
 
 def _linear_relu(x: Tensor, fc: nn.Linear) -> Tensor:
