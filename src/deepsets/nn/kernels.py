@@ -148,8 +148,7 @@ def set_norm_forward(x2d: torch.Tensor, offsets: np.ndarray, weight: torch.Tenso
     optional ``[T, D]`` buffer that receives ``x2d`` in the same pass.
     """
     B, D = offsets.shape[0] - 1, x2d.shape[1]
-    mean = torch.empty(B, dtype=torch.float64)
-    rstd = torch.empty(B, dtype=torch.float64)
+    mean, rstd = torch.empty(2, B, dtype=torch.float64)
     rc = _lib(x2d.dtype).setnorm_forward(_ptr(x2d), _ptr(out), _ptr(offsets), _opt(valid), B, D, _ptr(weight),
                                          _ptr(bias), float(eps), int(relu), _ptr(mean), _ptr(rstd), _opt(copy))
     if rc:
@@ -167,12 +166,12 @@ def set_norm_backward(grad: torch.Tensor, relu: bool, x2d: torch.Tensor, offsets
     B, D = offsets.shape[0] - 1, x2d.shape[1]
     g = grad.contiguous()
     dx = torch.empty_like(x2d)
-    dw = torch.empty(D, dtype=torch.float64)
-    db = torch.empty(D, dtype=torch.float64)
+    dwb = torch.empty(2, D, dtype=x2d.dtype)  # weight and bias gradients (summed in double by the kernel)
+    dw, db = dwb[0], dwb[1]
     gc = None if grad_copy is None else grad_copy.contiguous()
     rc = _lib(x2d.dtype).setnorm_backward(_ptr(g), int(relu), _ptr(x2d), _ptr(offsets), _opt(valid), B, D,
                                           _ptr(weight), _ptr(bias), _ptr(mean), _ptr(rstd), _opt(gc), _ptr(dx),
                                           _ptr(dw), _ptr(db))
     if rc:
         raise MemoryError("set norm kernel: out of memory")
-    return dx, dw.to(x2d.dtype), db.to(x2d.dtype)
+    return dx, dw, db

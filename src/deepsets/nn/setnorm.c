@@ -152,16 +152,16 @@ int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, const uint8_t *v
  * per-feature sums C = sum_n G and P = sum_n G x. */
 int setnorm_backward(const REAL *g, int relu, const REAL *x, const int64_t *off, const uint8_t *valid,
                      int64_t B, int64_t D, const REAL *w, const REAL *bias, const double *mean, const double *rstd,
-                     const REAL *gskip, REAL *dx, double *dw, double *db) {
+                     const REAL *gskip, REAL *dx, REAL *dw, REAL *db) {
     chunks_t ch;
     if (make_chunks(off, B, &ch)) return -1;
     const int64_t nc = ch.n;
     REAL *cC = calloc((size_t)(2 * nc * D + 1), sizeof(REAL));
-    double *C = calloc((size_t)(2 * B * D + 1), sizeof(double));
+    double *C = calloc((size_t)(2 * B * D + 2 * D + 1), sizeof(double)); /* C, P per set; then dw, db sums */
     REAL *A = malloc(sizeof(REAL) * (size_t)(2 * B * D + 2 * B + 1));
     if (!cC || !C || !A) { free(ch.set); free(cC); free(C); free(A); return -1; }
     REAL *cP = cC + nc * D;
-    double *P = C + B * D;
+    double *P = C + B * D, *sw = P + B * D, *sb = sw + D;
     REAL *S = A + B * D, *K = S + B * D, *K0 = K + B;
 
     /* the forward's per-set scale and shift, computed exactly as it did (same roundings) */
@@ -170,7 +170,6 @@ int setnorm_backward(const REAL *g, int relu, const REAL *x, const int64_t *off,
             A[b * D + d] = (REAL)(rstd[b] * w[d]);
             S[b * D + d] = (REAL)(bias[d] - mean[b] * rstd[b] * w[d]);
         }
-    for (int64_t d = 0; d < D; d++) dw[d] = db[d] = 0.0;
     /* Set by set, so that the second pass finds each thread's chunks of the set still in its cache. */
 #pragma omp parallel
     for (int64_t b = 0; b < B; b++) {
@@ -216,8 +215,8 @@ int setnorm_backward(const REAL *g, int relu, const REAL *x, const int64_t *off,
             double m1 = 0.0, m2 = 0.0;
             for (int64_t d = 0; d < D; d++) {
                 const double ph = (Pb[d] - mean[b] * Cb[d]) * rstd[b]; /* sum_n G xhat */
-                dw[d] += ph;
-                db[d] += Cb[d];
+                sw[d] += ph;
+                sb[d] += Cb[d];
                 m1 += w[d] * Cb[d];
                 m2 += w[d] * ph;
             }
@@ -256,6 +255,10 @@ int setnorm_backward(const REAL *g, int relu, const REAL *x, const int64_t *off,
                 }
             }
         }
+    }
+    for (int64_t d = 0; d < D; d++) { /* summed in double, returned in the input's type */
+        dw[d] = (REAL)sw[d];
+        db[d] = (REAL)sb[d];
     }
     free(ch.set);
     free(cC);
