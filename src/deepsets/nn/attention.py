@@ -48,8 +48,8 @@ class Attention(nn.Module):
         B, Nq, _ = q.shape
         Nk = k.shape[1]
         h, dh = self.heads, self.dim // self.heads
-        # Split K|V along its own axis, then move heads: the gradients of key and value then stack straight
-        # back into the [B, Nk, 2 * dim] layout of the projection (no extra copy in the backward pass).
+        # Split K|V along its own axis, then move heads: the backward pass stacks the gradients of key and value
+        # straight into the [B, Nk, 2 * dim] layout of the projection (one copy, no transposed intermediate).
         key, value = (t.transpose(1, 2) for t in self.kv(k).view(B, Nk, 2, h, dh).unbind(2))  # 2 x [B, h, Nk, dh]
         query = q.view(B, Nq, h, dh).transpose(1, 2)  # [B, h, Nq, dh]
         attn_mask = nonempty = None
