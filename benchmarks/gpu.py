@@ -1,4 +1,4 @@
-"""GPU checks and benchmarks in one process (``bash benchmarks/gpu.sh`` runs it; under 5 minutes on one H100).
+"""GPU checks and benchmarks in one process (``bash benchmarks/gpu.sh`` runs it; about 5 minutes on one H100).
 
 1. Correctness on the GPU: every model (Deep Sets, Deep Sets++, Set Transformer, Set Transformer++), every norm
    they take, unpadded and padded batches: CUDA float64 outputs and parameter gradients against the CPU float64

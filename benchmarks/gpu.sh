@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU checks and benchmarks (under 5 minutes on one H100; --full: about 9), all in one process (benchmarks/gpu.py):
+# GPU checks and benchmarks (about 5 minutes on one H100 by the timings of 2026-11-28; --full: about 9), in one
+# process (benchmarks/gpu.py):
 # CUDA-vs-CPU float64 correctness of every model, exact chunked inference on 10^6 elements, and training-step
 # speed of the paper's deep models in fp32, bf16-mixed (full and padded sets) and bf16-mixed + torch.compile.
 # Run from the repository root with the package installed (`make install`), or with PYTHONPATH=src:
