@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .masking import zero_padding
-from .norms import SetNorm, make_norm, resolve_choice
+from .norms import make_norm, norm_with_skip, resolve_choice
 
 RESIDUALS = ("clean", "nonclean")
 
@@ -106,12 +106,12 @@ class MAB(nn.Module):
                         skip: Tensor | None = None) -> Tensor:
         """The rest of the block once the attention output ``att`` is known (``qp`` = projected queries).
 
-        ``skip``: a private ``[T, D]`` copy of ``q`` (from :meth:`SetNorm.forward_with_skip`) that the
-        residual sum may accumulate into in place; ``None`` or ``q`` itself otherwise.
+        ``skip``: what :func:`~deepsets.nn.norms.norm_with_skip` returned with the normalized queries (a
+        private copy of ``q`` that the residual sum accumulates into in place, or ``q``); ``None`` without one.
         """
         if self.residual == "clean":
             h = _residual_add(q, skip, att)
-            hn, skip_h = _norm_and_skip(self.norm_h, h, q_mask)
+            hn, skip_h = norm_with_skip(self.norm_h, h, q_mask)
             return zero_padding(_residual_add(h, skip_h, _linear_relu(hn, self.ff)), q_mask)
         h = self.norm0(qp + att, q_mask)
         return self.norm1(h + _linear_relu(h, self.ff), q_mask)
@@ -120,18 +120,11 @@ class MAB(nn.Module):
                      k_mask: Tensor | None = None) -> Tensor:
         """``forward`` with the key input already computed by :meth:`key_input`."""
         if self.residual == "clean" and self.norm_q is not None:
-            q_in, skip = _norm_and_skip(self.norm_q, q, q_mask)
+            q_in, skip = norm_with_skip(self.norm_q, q, q_mask)
         else:
             q_in, skip = self.query_input(q, q_mask), None
         qp = self.attn.q(q_in)
         return self.after_attention(q, qp, self.attn.attend(qp, k_in, k_mask), q_mask, skip)
-
-
-def _norm_and_skip(norm: nn.Module, x: Tensor, mask) -> tuple[Tensor, Tensor]:
-    """``(norm(x), skip)`` of a pre-norm residual branch; see :meth:`SetNorm.forward_with_skip`."""
-    if isinstance(norm, SetNorm):
-        return norm.forward_with_skip(x, mask)
-    return norm(x, mask), x
 
 
 def _residual_add(x: Tensor, skip: Tensor | None, branch: Tensor) -> Tensor:

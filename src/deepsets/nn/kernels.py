@@ -6,11 +6,15 @@ The kernels do the same maths in the fewest passes, in parallel over chunks of r
 
 - forward: per chunk, the sum and the centered sum of squares (two passes over a chunk that is still in
   cache), combined exactly per set in float64 (Chan et al.), then one pass ``y = max(x a_bd + s_bd, 0)``;
-- backward: one pass for the per-set, per-feature sums ``sum_n G`` and ``sum_n G x``, one pass for ``dx``.
+- backward: one pass for the per-set, per-feature sums ``sum_n G`` and ``sum_n G x``, one pass for ``dx``
+  (the ReLU's gate is recomputed from ``x``, so the output is not read again);
+- optionally the forward also writes a copy of ``x`` (the residual stream of a pre-norm block) and the
+  backward adds that copy's gradient to ``dx`` in its output pass.
 
 Rows of a set are contiguous (``offsets[b]:offsets[b+1]``): this covers unpadded batches ``[B, N, D]``, the
-packed rows of padded batches, and padded batches with a row mask (padded rows are skipped). float32 and float64 on CPU; anything else (and any machine where the
-kernels cannot be built) uses the eager code in :mod:`deepsets.nn.norms`, which computes the same thing.
+packed rows of padded batches, and padded batches with a row mask (padded rows are skipped). float32 and
+float64 on CPU; anything else (and any machine where the kernels cannot be built) uses the eager code in
+:mod:`deepsets.nn.norms`, which computes the same thing.
 
 Build: on first use the C file is compiled with the system C compiler (``$CC`` or ``cc``; about a second)
 into a per-user cache (``$DEEPSETS_CACHE`` or ``~/.cache/deepsets``), keyed by the source, the flags and the

@@ -245,6 +245,15 @@ def _reference_grads(x, weight, bias, eps, relu, sets, grad):
     return dx.reshape(shape), dw, db
 
 
+def norm_with_skip(norm: nn.Module, x: Tensor, mask=None, relu: bool = False) -> tuple[Tensor, Tensor]:
+    """``(norm(x, mask, relu), skip)`` for a pre-norm residual branch ``x + f(norm(x))``: ``skip`` is a private
+    ``[T, D]`` copy of ``x`` for a :class:`SetNorm` on the fused kernels (see :meth:`SetNorm.forward_with_skip`),
+    else ``x`` itself. A block adds its branch in place only where ``skip is not x``."""
+    if isinstance(norm, SetNorm):
+        return norm.forward_with_skip(x, mask, relu)
+    return norm(x, mask, relu=relu), x
+
+
 # Set by deepsets.models.chunked while it evaluates a huge set chunk by chunk; None otherwise.
 _CHUNK_HOOK = None
 

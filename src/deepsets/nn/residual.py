@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .attention import RESIDUALS
 from .masking import zero_padding
-from .norms import SetNorm, make_norm, resolve_choice
+from .norms import make_norm, norm_with_skip, resolve_choice
 
 
 class DeepSetsBlock(nn.Module):
@@ -34,12 +34,8 @@ class DeepSetsBlock(nn.Module):
     def forward(self, x: Tensor, mask=None) -> Tensor:
         """``x``: ``[B, N, D]`` with a bool ``mask`` (or ``None``), or packed rows ``[T, D]`` with ``PackedSets``."""
         if self.residual == "clean":
-            if isinstance(self.norm1, SetNorm):  # the norm's pass also copies x into the block's output buffer
-                r, skip = self.norm1.forward_with_skip(x, mask, relu=True)
-            else:
-                r, skip = self.norm1(x, mask, relu=True), x
-            h = self.fc1(r)  # norm and ReLU in one pass
-            out = _add_linear(skip, self.norm2(h, mask, relu=True), self.fc2, x.shape, skip is not x)  # x + W2 r
+            r, skip = norm_with_skip(self.norm1, x, mask, relu=True)  # norm and ReLU in one pass (+ copy of x)
+            out = _add_linear(x, skip, self.norm2(self.fc1(r), mask, relu=True), self.fc2)  # x + W2 r
         else:
             h = self.norm1(self.fc1(x), mask, relu=True)
             out = F.relu(x + self.norm2(self.fc2(h), mask))
@@ -47,15 +43,15 @@ class DeepSetsBlock(nn.Module):
         return out if self.fc1.bias is None else zero_padding(out, mask)
 
 
-def _add_linear(x: Tensor, r: Tensor, fc: nn.Linear, shape, inplace: bool = False) -> Tensor:
-    """``x + fc(r)`` with the residual add folded into the matrix product, viewed as ``shape``.
+def _add_linear(x: Tensor, skip: Tensor, r: Tensor, fc: nn.Linear) -> Tensor:
+    """``x + fc(r)`` with the residual add folded into the matrix product.
 
-    ``inplace``: ``x`` is a private ``[T, D]`` copy of the residual stream (from
-    :meth:`SetNorm.forward_with_skip`) that the product accumulates into directly.
+    ``skip`` comes from :func:`norm_with_skip`: where it is a private ``[T, D]`` copy of ``x``, the product
+    accumulates into it in place; where it is ``x`` itself, into a new output.
     """
     if fc.bias is not None:
-        return x.view(shape) + fc(r)
+        return x + fc(r)
     r2 = r.reshape(-1, r.shape[-1])
-    if inplace:
-        return x.addmm_(r2, fc.weight.t()).view(shape)
-    return torch.addmm(x.reshape(-1, shape[-1]), r2, fc.weight.t()).view(shape)
+    if skip is not x:
+        return skip.addmm_(r2, fc.weight.t()).view(x.shape)
+    return torch.addmm(x.reshape(-1, x.shape[-1]), r2, fc.weight.t()).view(x.shape)
