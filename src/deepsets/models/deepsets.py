@@ -82,9 +82,14 @@ class DeepSets(SetModel):
         self.rho = decoder_mlp(H, c.out_dim)
 
     def encode(self, x: Tensor, mask=None) -> Tensor:
-        h = x if self.config.residual == "none" else zero_padding(self.input(x), mask)
-        for layer in self.layers:
-            h = layer(h, mask)
+        if self.config.residual == "none":
+            h = x
+            for layer in self.layers:
+                h = layer(h, mask)
+        else:
+            h, stats = zero_padding(self.input(x), mask), None
+            for layer in self.layers:  # each block hands the next its output's set statistics, where it has them
+                h, stats = layer.forward_stats(h, mask, stats)
         if self.final_norm is not None:
             h = self.final_norm(h, mask, relu=True)
         return self.output(h)  # padded rows hold the bias; pooling and heads use the mask

@@ -48,6 +48,12 @@ def enabled() -> bool:
     return os.environ.get("DEEPSETS_KERNELS", "1") != "0"
 
 
+def blocks_enabled() -> bool:
+    """Whether the fused Deep Sets++ block kernel may be used: off with ``DEEPSETS_KERNELS=0`` or ``=norm``
+    (set-norm kernels only)."""
+    return os.environ.get("DEEPSETS_KERNELS", "1") not in ("0", "norm")
+
+
 def applies(x: torch.Tensor) -> bool:
     """Whether the fused kernels handle this input (CPU, float32/float64, built, not turned off)."""
     return (
@@ -56,8 +62,11 @@ def applies(x: torch.Tensor) -> bool:
 
 
 def name() -> str:
-    """Which set-norm implementation float32 CPU tensors get: ``"c"`` (fused kernels) or ``"eager"``."""
-    return "c" if enabled() and _lib(torch.float32) is not None else "eager"
+    """Which implementation float32 CPU tensors get: ``"c+blocks"`` (set-norm kernels and the fused Deep Sets++
+    block), ``"c"`` (set-norm kernels) or ``"eager"``."""
+    if not enabled() or _lib(torch.float32) is None:
+        return "eager"
+    return "c+blocks" if blocks_enabled() and _gemm(torch.float32) is not None else "c"
 
 
 def cache_dir() -> Path:
@@ -123,6 +132,9 @@ def _lib(dtype: torch.dtype) -> ctypes.CDLL | None:
         lib.setnorm_forward.argtypes = [p, p, p, p, i64, i64, p, p, dbl, c_int, p, p, p]
         lib.setnorm_backward.argtypes = [p, c_int, p, p, p, i64, i64, p, p, p, p, p, p, p, p]
         lib.setnorm_forward.restype = lib.setnorm_backward.restype = c_int
+        lib.dsblock_forward.argtypes = [p, p, p, i64, i64, p, p, p, p, p, p, dbl, p, c_int, p, p, p, p]
+        lib.dsblock_backward.argtypes = [p, p, p, p, p, i64, i64, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p]
+        lib.dsblock_forward.restype = lib.dsblock_backward.restype = c_int
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", b"") or b""
         warnings.warn(
@@ -179,3 +191,93 @@ def set_norm_backward(grad: torch.Tensor, relu: bool, x2d: torch.Tensor, offsets
     if rc:
         raise MemoryError("set norm kernel: out of memory")
     return dx, dw, db
+
+
+# --- fused clean-path Deep Sets++ block (setnorm.c: dsblock_forward / dsblock_backward) -------------------------
+
+_GEMM: dict[torch.dtype, int | None] = {}
+_GEMM_NAMES = {torch.float32: "sgemm_", torch.float64: "dgemm_"}
+
+
+def _blas_library() -> ctypes.CDLL | None:
+    """The library holding the BLAS that PyTorch's CPU matrix products use (``libtorch_cpu``)."""
+    libdir = Path(torch.__file__).parent / "lib"
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
+        if (libdir / name).exists():
+            return ctypes.CDLL(str(libdir / name))
+    return None
+
+
+def _gemm(dtype: torch.dtype) -> int | None:
+    """Address of the BLAS ``?gemm_`` routine for ``dtype``, after a check against ``torch.mm``; else None."""
+    if dtype in _GEMM:
+        return _GEMM[dtype]
+    addr = None
+    try:
+        blas = _blas_library()
+        fn = getattr(blas, _GEMM_NAMES[dtype]) if blas is not None else None
+        if fn is not None:
+            addr = ctypes.cast(fn, ctypes.c_void_p).value
+            if not _gemm_agrees(addr, dtype):
+                addr = None
+    except (OSError, AttributeError):
+        addr = None
+    _GEMM[dtype] = addr
+    return addr
+
+
+def _gemm_agrees(addr: int, dtype: torch.dtype) -> bool:
+    """Run ``C = A B^T`` (row-major) through the routine at ``addr`` and compare with ``torch.mm``."""
+    real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+    ptr, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, i64p, i64p, i64p, ctypes.POINTER(real), ptr, i64p,
+                          ptr, i64p, ctypes.POINTER(real), ptr, i64p)(addr)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 3, generator=g, dtype=dtype), torch.randn(4, 3, generator=g, dtype=dtype)
+    c = torch.full((5, 4), float("nan"), dtype=dtype)
+    M, N, K = (ctypes.c_int64(v) for v in (5, 4, 3))
+    one, zero = real(1.0), real(0.0)
+    fn(b"T", b"N", ctypes.byref(N), ctypes.byref(M), ctypes.byref(K), ctypes.byref(one), b.data_ptr(), ctypes.byref(K),
+       a.data_ptr(), ctypes.byref(K), ctypes.byref(zero), c.data_ptr(), ctypes.byref(N))
+    return bool(torch.allclose(c, a @ b.t()))
+
+
+def block_applies(x: torch.Tensor) -> bool:
+    """Whether :func:`ds_block_forward` handles ``x`` (the set-norm kernels apply and the BLAS routine was found)."""
+    return applies(x) and _gemm(x.dtype) is not None
+
+
+def ds_block_forward(x2d: torch.Tensor, offsets: np.ndarray, params, eps: float, stats_x: torch.Tensor | None):
+    """One clean-path Deep Sets++ block ``out = x + W2 relu(SN2(W1 relu(SN1(x))))`` on rows ``x2d [T, D]``.
+
+    ``params``: ``(w1, b1, W1, w2, b2, W2)`` (norm weights and biases, linear weights ``[D, D]``), contiguous and
+    of ``x2d``'s type. ``stats_x``: float64 ``[2, B]`` (per-set mean and rstd of ``x2d``) when known, else None.
+    Returns ``(out, t, stats_x, stats_t, stats_out)``: ``t = W1 relu(SN1(x))`` is what the backward needs.
+    """
+    B, D = offsets.shape[0] - 1, x2d.shape[1]
+    have = stats_x is not None
+    st_x = stats_x if have else torch.empty(2, B, dtype=torch.float64)
+    st_t, st_out = torch.empty(2, 2, B, dtype=torch.float64)
+    t, out = torch.empty_like(x2d), torch.empty_like(x2d)
+    rc = _lib(x2d.dtype).dsblock_forward(_gemm(x2d.dtype), _ptr(x2d), _ptr(offsets), B, D, *map(_ptr, params),
+                                         float(eps), _ptr(st_x), int(have), _ptr(t), _ptr(st_t), _ptr(out),
+                                         _ptr(st_out))
+    if rc:
+        raise MemoryError("Deep Sets++ block kernel: out of memory")
+    return out, t, st_x, st_t, st_out
+
+
+def ds_block_backward(grad: torch.Tensor, x2d: torch.Tensor, t: torch.Tensor, offsets: np.ndarray, params,
+                      stats_x: torch.Tensor, stats_t: torch.Tensor):
+    """Gradients of :func:`ds_block_forward`: ``(dx, dw1, db1, dW1, dw2, db2, dW2)``."""
+    B, D = offsets.shape[0] - 1, x2d.shape[1]
+    g = grad.contiguous()
+    gbuf, dx = torch.empty_like(x2d), torch.empty_like(x2d)
+    dW = torch.empty(2, D, D, dtype=x2d.dtype)
+    dv = torch.empty(4, D, dtype=x2d.dtype)
+    rc = _lib(x2d.dtype).dsblock_backward(_gemm(x2d.dtype), _ptr(g), _ptr(x2d), _ptr(t), _ptr(offsets), B, D,
+                                          *map(_ptr, params), _ptr(stats_x), _ptr(stats_t), _ptr(gbuf), _ptr(dx),
+                                          _ptr(dW[0]), _ptr(dW[1]), *(_ptr(v) for v in dv))
+    if rc:
+        raise MemoryError("Deep Sets++ block kernel: out of memory")
+    return dx, dv[0], dv[1], dW[0], dv[2], dv[3], dW[1]

@@ -220,11 +220,10 @@ def _dense_offsets(B: int, N: int) -> np.ndarray:
     return np.arange(B + 1, dtype=np.int64) * N
 
 
-def _reference_grads(x, weight, bias, eps, relu, sets, grad):
-    """Gradients of set norm (+ ReLU) by autograd through plain ops, keeping the graph (double backward).
+def plain_set_norm(x, weight, bias, eps, relu, sets):
+    """Set norm (+ ReLU) in plain differentiable PyTorch ops, any ``sets`` as in :class:`_SetNormFunction`.
 
-    Used only when a backward pass is itself differentiated; ``sets`` as in :class:`_SetNormFunction`.
-    """
+    The reference for higher-order gradients (a differentiated backward pass goes through it)."""
     shape, D = x.shape, x.shape[-1]
     if isinstance(sets, PackedSets):
         index, valid, B = sets.index, None, sets.num_sets
@@ -232,17 +231,25 @@ def _reference_grads(x, weight, bias, eps, relu, sets, grad):
         B = shape[0]
         index = torch.arange(B, device=x.device).repeat_interleave(shape[1])
         valid = None if sets is None else sets.reshape(-1)
-    x2, g2 = x.reshape(-1, D), grad.reshape(-1, D)
+    x2 = x.reshape(-1, D)
     v = (torch.ones(x2.shape[0], dtype=x.dtype, device=x.device) if valid is None else valid.to(x.dtype)).unsqueeze(1)
+    count = (x2.new_zeros(B).index_add(0, index, v.squeeze(1)) * D).clamp_min(1.0)
+    mean = x2.new_zeros(B).index_add(0, index, (x2 * v).sum(dim=1)) / count
+    xc = (x2 - mean[index].unsqueeze(1)) * v
+    var = x2.new_zeros(B).index_add(0, index, xc.square().sum(dim=1)) / count
+    y = xc * torch.rsqrt(var + eps)[index].unsqueeze(1) * weight + bias
+    return ((F.relu(y) if relu else y) * v).reshape(shape)
+
+
+def _reference_grads(x, weight, bias, eps, relu, sets, grad):
+    """Gradients of set norm (+ ReLU) by autograd through plain ops, keeping the graph (double backward).
+
+    Used only when a backward pass is itself differentiated; ``sets`` as in :class:`_SetNormFunction`.
+    """
     with torch.enable_grad():
-        count = (x2.new_zeros(B).index_add(0, index, v.squeeze(1)) * D).clamp_min(1.0)
-        mean = x2.new_zeros(B).index_add(0, index, (x2 * v).sum(dim=1)) / count
-        xc = (x2 - mean[index].unsqueeze(1)) * v
-        var = x2.new_zeros(B).index_add(0, index, xc.square().sum(dim=1)) / count
-        y = xc * torch.rsqrt(var + eps)[index].unsqueeze(1) * weight + bias
-        y = (F.relu(y) if relu else y) * v
-        dx, dw, db = torch.autograd.grad(y, (x2, weight, bias), g2, create_graph=True, allow_unused=True)
-    return dx.reshape(shape), dw, db
+        y = plain_set_norm(x, weight, bias, eps, relu, sets)
+        dx, dw, db = torch.autograd.grad(y, (x, weight, bias), grad, create_graph=True, allow_unused=True)
+    return dx, dw, db
 
 
 def norm_with_skip(norm: nn.Module, x: Tensor, mask=None, relu: bool = False) -> tuple[Tensor, Tensor]:

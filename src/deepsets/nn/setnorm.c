@@ -266,3 +266,345 @@ int setnorm_backward(const REAL *g, int relu, const REAL *x, const int64_t *off,
     free(A);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * A whole clean-path Deep Sets++ block, out = x + W2 relu(SN2(W1 relu(SN1(x)))), fused around the BLAS GEMM.
+ *
+ * Rows are cut into tiles (a tile never spans two sets). Each thread normalizes a tile into a private buffer
+ * that stays in its cache and multiplies it there (one single-threaded GEMM call per tile), so the normalized
+ * activations never go to memory; the statistics of each product are taken from the tile while it is still in
+ * cache. The backward pass recomputes the normalized tiles instead of reading saved ones. gemm is the BLAS
+ * routine ?gemm_ (Fortran interface) of the library PyTorch uses; its integer arguments are passed as pointers
+ * to int64 values, which read the same under LP64 and ILP64 on little-endian machines.
+ * ---------------------------------------------------------------------------------------------------------- */
+#include <omp.h>
+#include <string.h>
+
+typedef void (*gemm_t)(const char *, const char *, const int64_t *, const int64_t *, const int64_t *, const REAL *,
+                       const REAL *, const int64_t *, const REAL *, const int64_t *, const REAL *, REAL *,
+                       const int64_t *);
+
+/* Row-major products. C[M][N] = A[M][K] B[N][K]^T + beta C */
+static void mm_nt(gemm_t f, int64_t M, int64_t N, int64_t K, const REAL *A, const REAL *B, REAL beta, REAL *C) {
+    const REAL one = 1;
+    if (M > 0) f("T", "N", &N, &M, &K, &one, B, &K, A, &K, &beta, C, &N);
+}
+/* C[M][N] = A[M][K] B[K][N] + beta C */
+static void mm_nn(gemm_t f, int64_t M, int64_t N, int64_t K, const REAL *A, const REAL *B, REAL beta, REAL *C) {
+    const REAL one = 1;
+    if (M > 0) f("N", "N", &N, &M, &K, &one, B, &N, A, &K, &beta, C, &N);
+}
+/* C[M][N] = A[K][M]^T B[K][N] + beta C */
+static void mm_tn(gemm_t f, int64_t M, int64_t N, int64_t K, const REAL *A, const REAL *B, REAL beta, REAL *C) {
+    const REAL one = 1;
+    if (K > 0) f("N", "T", &N, &M, &K, &one, B, &N, A, &M, &beta, C, &N);
+}
+
+typedef struct {
+    int64_t n, rows_max, *set, *start, *end, *first;
+} tiles_t;
+
+/* Cut every set into tiles of at most max_rows rows, of balanced sizes. */
+static int make_tiles(const int64_t *off, int64_t B, int64_t max_rows, tiles_t *t) {
+    int64_t n = 0, i = 0;
+    for (int64_t b = 0; b < B; b++) n += (off[b + 1] - off[b] + max_rows - 1) / max_rows;
+    t->n = n;
+    t->rows_max = max_rows;
+    t->set = malloc(sizeof(int64_t) * (size_t)(3 * n + B + 1));
+    if (!t->set) return -1;
+    t->start = t->set + n;
+    t->end = t->start + n;
+    t->first = t->end + n;
+    t->first[B] = n;
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t rows = off[b + 1] - off[b], k = (rows + max_rows - 1) / max_rows;
+        t->first[b] = i;
+        for (int64_t j = 0; j < k; j++, i++) {
+            t->set[i] = b;
+            t->start[i] = off[b] + rows * j / k;
+            t->end[i] = off[b] + rows * (j + 1) / k;
+        }
+    }
+    return 0;
+}
+
+/* Mean and centered sum of squares of rows [T, D] (for the exact per-set combination below). */
+static void moments(const REAL *p, int64_t rows, int64_t D, double *mean, double *m2, double *count) {
+    double s = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        REAL acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t d = 0; d < D; d++) acc += p[r * D + d];
+        s += acc;
+    }
+    const double n = (double)(rows * D), m = rows ? s / n : 0.0;
+    const REAL mr = (REAL)m;
+    double q = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        REAL acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t d = 0; d < D; d++) {
+            const REAL v = p[r * D + d] - mr;
+            acc += v * v;
+        }
+        q += acc;
+    }
+    const double dm = m - (double)mr;
+    *mean = m;
+    *m2 = q - n * dm * dm;
+    *count = n;
+}
+
+/* Combine the moments of a set's tiles (Chan et al.) into its mean and rstd, and the per-feature scale and
+ * shift a = rstd w, s = bias - mean rstd w that the forward applies (the backward recomputes them alike). */
+static void finish_stats(const tiles_t *t, const double *tm, int64_t b, int64_t D, double eps, const REAL *w,
+                         const REAL *bias, double *st, int64_t B, REAL *A, REAL *S) {
+    const int64_t nt = t->n;
+    double n = 0.0, mu = 0.0, m2 = 0.0;
+    for (int64_t c = t->first[b]; c < t->first[b + 1]; c++) {
+        const double nb = tm[2 * nt + c], delta = tm[c] - mu, tot = n + nb;
+        if (nb == 0) continue;
+        mu += delta * nb / tot;
+        m2 += tm[nt + c] + delta * delta * n * nb / tot;
+        n = tot;
+    }
+    const double var = n > 0 ? (m2 > 0 ? m2 : 0.0) / n : 0.0;
+    st[b] = mu;
+    st[B + b] = 1.0 / sqrt(var + eps);
+    for (int64_t d = 0; d < D; d++) {
+        A[b * D + d] = (REAL)(st[B + b] * w[d]);
+        S[b * D + d] = (REAL)(bias[d] - mu * st[B + b] * w[d]);
+    }
+}
+
+static void scale_shift(const double *st, int64_t B, int64_t D, const REAL *w, const REAL *bias, REAL *A, REAL *S) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t d = 0; d < D; d++) {
+            A[b * D + d] = (REAL)(st[B + b] * w[d]);
+            S[b * D + d] = (REAL)(bias[d] - st[b] * st[B + b] * w[d]);
+        }
+}
+
+/* h = relu(x a + s) for a tile's rows */
+static void norm_relu(const REAL *x, int64_t rows, int64_t D, const REAL *a, const REAL *s, REAL *h) {
+    for (int64_t r = 0; r < rows; r++) {
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) {
+            const REAL v = x[r * D + d] * a[d] + s[d];
+            h[r * D + d] = v > 0 ? v : 0;
+        }
+    }
+}
+
+static int64_t tile_rows(int64_t D) {
+    int64_t r = 32768 / (D > 0 ? D : 1); /* a tile buffer of at most 128 KiB (float) */
+    return r < 16 ? 16 : (r > 256 ? 256 : r);
+}
+
+/* Forward. st_x [2B] (mean, rstd of x per set): read if have_st_x, else computed and written. Writes t = W1
+ * relu(SN1(x)) (kept for the backward) with its statistics st_t, and out with its statistics st_out. */
+int dsblock_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B, int64_t D, const REAL *w1,
+                    const REAL *b1, const REAL *W1, const REAL *w2, const REAL *b2, const REAL *W2, double eps,
+                    double *st_x, int have_st_x, REAL *t, double *st_t, REAL *out, double *st_out) {
+    tiles_t tl;
+    if (make_tiles(off, B, tile_rows(D), &tl)) return -1;
+    const int64_t nt = tl.n, TR = tl.rows_max;
+    const int nthr = omp_get_max_threads();
+    double *tm = malloc(sizeof(double) * (size_t)(3 * nt + 1));
+    REAL *AS = malloc(sizeof(REAL) * (size_t)(4 * B * D + 1));
+    REAL *buf = malloc(sizeof(REAL) * (size_t)(nthr * TR * D + 1));
+    if (!tm || !AS || !buf) { free(tl.set); free(tm); free(AS); free(buf); return -1; }
+    REAL *A1 = AS, *S1 = A1 + B * D, *A2 = S1 + B * D, *S2 = A2 + B * D;
+
+#pragma omp parallel num_threads(nthr)
+    {
+        REAL *h = buf + (int64_t)omp_get_thread_num() * TR * D;
+        if (!have_st_x) {
+#pragma omp for schedule(static)
+            for (int64_t c = 0; c < nt; c++)
+                moments(x + tl.start[c] * D, tl.end[c] - tl.start[c], D, tm + c, tm + nt + c, tm + 2 * nt + c);
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++) finish_stats(&tl, tm, b, D, eps, w1, b1, st_x, B, A1, S1);
+        } else {
+#pragma omp single
+            scale_shift(st_x, B, D, w1, b1, A1, S1);
+        }
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < nt; c++) { /* t = W1 relu(SN1(x)), and its moments */
+            const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, b = tl.set[c];
+            norm_relu(x + r0 * D, rows, D, A1 + b * D, S1 + b * D, h);
+            mm_nt(gemm, rows, D, D, h, W1, 0, t + r0 * D);
+            moments(t + r0 * D, rows, D, tm + c, tm + nt + c, tm + 2 * nt + c);
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) finish_stats(&tl, tm, b, D, eps, w2, b2, st_t, B, A2, S2);
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < nt; c++) { /* out = x + W2 relu(SN2(t)), and its moments */
+            const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, b = tl.set[c];
+            norm_relu(t + r0 * D, rows, D, A2 + b * D, S2 + b * D, h);
+            memcpy(out + r0 * D, x + r0 * D, sizeof(REAL) * (size_t)(rows * D));
+            mm_nt(gemm, rows, D, D, h, W2, 1, out + r0 * D);
+            moments(out + r0 * D, rows, D, tm + c, tm + nt + c, tm + 2 * nt + c);
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) { /* statistics of out, for the next block */
+            double n = 0.0, mu = 0.0, m2 = 0.0;
+            for (int64_t c = tl.first[b]; c < tl.first[b + 1]; c++) {
+                const double nb = tm[2 * nt + c], delta = tm[c] - mu, tot = n + nb;
+                if (nb == 0) continue;
+                mu += delta * nb / tot;
+                m2 += tm[nt + c] + delta * delta * n * nb / tot;
+                n = tot;
+            }
+            const double var = n > 0 ? (m2 > 0 ? m2 : 0.0) / n : 0.0;
+            st_out[b] = mu;
+            st_out[B + b] = 1.0 / sqrt(var + eps);
+        }
+    }
+    free(tl.set);
+    free(tm);
+    free(AS);
+    free(buf);
+    return 0;
+}
+
+/* Gated gradient of one tile of a set norm + ReLU, in place: g = g where x a + s > 0, else 0; adds the tile's
+ * per-feature sums of g and g x to C and P. */
+static void gate_sums(REAL *g, const REAL *x, int64_t rows, int64_t D, const REAL *a, const REAL *s, double *C,
+                      double *P, REAL *accC, REAL *accP) {
+    for (int64_t r0 = 0; r0 < rows; r0 += ROWS) { /* float partial sums over at most ROWS rows, then double */
+        const int64_t r1 = r0 + ROWS < rows ? r0 + ROWS : rows;
+        for (int64_t d = 0; d < D; d++) accC[d] = accP[d] = 0;
+        for (int64_t r = r0; r < r1; r++) {
+            REAL *gr = g + r * D;
+            const REAL *xr = x + r * D;
+#pragma omp simd
+            for (int64_t d = 0; d < D; d++) {
+                const REAL v = xr[d] * a[d] + s[d];
+                const REAL gv = v > 0 ? gr[d] : 0;
+                gr[d] = gv;
+                accC[d] += gv;
+                accP[d] += gv * xr[d];
+            }
+        }
+        for (int64_t d = 0; d < D; d++) {
+            C[d] += accC[d];
+            P[d] += accP[d];
+        }
+    }
+}
+
+/* Per set: from the tiles' sums C, P (of the gated gradient G), dx = G a + k x + k0; adds to dw, db. */
+static void norm_grad_coeffs(const tiles_t *tl, const double *tC, const double *tP, const int64_t *off, int64_t B,
+                             int64_t D, const double *st, const REAL *w, REAL *K, double *dw, double *db) {
+    for (int64_t b = 0; b < B; b++) {
+        const double mean = st[b], rstd = st[B + b], count = (double)((off[b + 1] - off[b]) * D);
+        double m1 = 0.0, m2 = 0.0;
+        for (int64_t d = 0; d < D; d++) {
+            double Cb = 0.0, Pb = 0.0;
+            for (int64_t c = tl->first[b]; c < tl->first[b + 1]; c++) {
+                Cb += tC[c * D + d];
+                Pb += tP[c * D + d];
+            }
+            const double ph = (Pb - mean * Cb) * rstd; /* sum_n G xhat */
+            dw[d] += ph;
+            db[d] += Cb;
+            m1 += w[d] * Cb;
+            m2 += w[d] * ph;
+        }
+        m1 /= count > 0 ? count : 1.0;
+        m2 /= count > 0 ? count : 1.0;
+        const double k = -rstd * rstd * m2;
+        K[2 * b] = (REAL)k;
+        K[2 * b + 1] = (REAL)(-rstd * m1 - k * mean);
+    }
+}
+
+/* Backward of dsblock_forward, from the gradient G of out. gbuf: scratch [T, D]. Writes dx and the gradients
+ * of the six parameters (dW1, dW2 [D, D]; dw1, db1, dw2, db2 [D]). */
+int dsblock_backward(gemm_t gemm, const REAL *G, const REAL *x, const REAL *t, const int64_t *off, int64_t B,
+                     int64_t D, const REAL *w1, const REAL *b1, const REAL *W1, const REAL *w2, const REAL *b2,
+                     const REAL *W2, const double *st_x, const double *st_t, REAL *gbuf, REAL *dx, REAL *dW1,
+                     REAL *dW2, REAL *dw1, REAL *db1, REAL *dw2, REAL *db2) {
+    tiles_t tl;
+    if (make_tiles(off, B, tile_rows(D), &tl)) return -1;
+    const int64_t nt = tl.n, TR = tl.rows_max;
+    const int nthr = omp_get_max_threads();
+    double *sums = calloc((size_t)(2 * nt * D + 4 * D + 1), sizeof(double));
+    REAL *AS = malloc(sizeof(REAL) * (size_t)(4 * B * D + 4 * B + 1));
+    REAL *buf = malloc(sizeof(REAL) * (size_t)(nthr * (2 * TR * D + 2 * D) + 1));
+    REAL *acc = calloc((size_t)(nthr * 2 * D * D + 1), sizeof(REAL)); /* per-thread dW2, dW1 */
+    if (!sums || !AS || !buf || !acc) { free(tl.set); free(sums); free(AS); free(buf); free(acc); return -1; }
+    double *tC = sums, *tP = tC + nt * D, *sw2 = tP + nt * D, *sb2 = sw2 + D, *sw1 = sb2 + D, *sb1 = sw1 + D;
+    REAL *A1 = AS, *S1 = A1 + B * D, *A2 = S1 + B * D, *S2 = A2 + B * D, *K2 = S2 + B * D, *K1 = K2 + 2 * B;
+    scale_shift(st_x, B, D, w1, b1, A1, S1);
+    scale_shift(st_t, B, D, w2, b2, A2, S2);
+
+#pragma omp parallel num_threads(nthr)
+    {
+        const int me = omp_get_thread_num();
+        REAL *h = buf + (int64_t)me * (2 * TR * D + 2 * D), *dt = h + TR * D, *accC = dt + TR * D, *accP = accC + D;
+        REAL *aW2 = acc + (int64_t)me * 2 * D * D, *aW1 = aW2 + D * D;
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < nt; c++) { /* second layer: dW2 += G^T h2, g2 = gate(G W2) */
+            const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, b = tl.set[c];
+            norm_relu(t + r0 * D, rows, D, A2 + b * D, S2 + b * D, h);
+            mm_tn(gemm, D, D, rows, G + r0 * D, h, 1, aW2);
+            mm_nn(gemm, rows, D, D, G + r0 * D, W2, 0, gbuf + r0 * D);
+            gate_sums(gbuf + r0 * D, t + r0 * D, rows, D, A2 + b * D, S2 + b * D, tC + c * D, tP + c * D, accC, accP);
+        }
+#pragma omp single
+        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_t, w2, K2, sw2, sb2);
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < nt; c++) { /* first layer: dt from g2, dW1 += dt^T h1, g1 = gate(dt W1) */
+            const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, b = tl.set[c];
+            const REAL *a = A2 + b * D, k = K2[2 * b], k0 = K2[2 * b + 1];
+            for (int64_t r = 0; r < rows; r++) {
+                const REAL *gr = gbuf + (r0 + r) * D, *tr = t + (r0 + r) * D;
+                REAL *o = dt + r * D;
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++) o[d] = gr[d] * a[d] + tr[d] * k + k0;
+            }
+            for (int64_t d = 0; d < D; d++) tC[c * D + d] = tP[c * D + d] = 0;
+            norm_relu(x + r0 * D, rows, D, A1 + b * D, S1 + b * D, h);
+            mm_tn(gemm, D, D, rows, dt, h, 1, aW1);
+            mm_nn(gemm, rows, D, D, dt, W1, 0, gbuf + r0 * D);
+            gate_sums(gbuf + r0 * D, x + r0 * D, rows, D, A1 + b * D, S1 + b * D, tC + c * D, tP + c * D, accC, accP);
+        }
+#pragma omp single
+        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_x, w1, K1, sw1, sb1);
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < nt; c++) { /* dx = g1 a1 + k x + k0 + G (the clean path) */
+            const int64_t b = tl.set[c];
+            const REAL *a = A1 + b * D, k = K1[2 * b], k0 = K1[2 * b + 1];
+            for (int64_t r = tl.start[c]; r < tl.end[c]; r++) {
+                const REAL *gr = gbuf + r * D, *xr = x + r * D, *Gr = G + r * D;
+                REAL *o = dx + r * D;
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++) o[d] = gr[d] * a[d] + xr[d] * k + k0 + Gr[d];
+            }
+        }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < D * D; i++) { /* sum the threads' weight gradients */
+            REAL s2 = 0, s1 = 0;
+            for (int j = 0; j < nthr; j++) {
+                s2 += acc[(int64_t)j * 2 * D * D + i];
+                s1 += acc[(int64_t)j * 2 * D * D + D * D + i];
+            }
+            dW2[i] = s2;
+            dW1[i] = s1;
+        }
+    }
+    for (int64_t d = 0; d < D; d++) {
+        dw2[d] = (REAL)sw2[d];
+        db2[d] = (REAL)sb2[d];
+        dw1[d] = (REAL)sw1[d];
+        db1[d] = (REAL)sb1[d];
+    }
+    free(tl.set);
+    free(sums);
+    free(AS);
+    free(buf);
+    free(acc);
+    return 0;
+}
