@@ -43,10 +43,12 @@ def _inputs(seed, B=4, N=30, D=16, shift=0.0, dtype=torch.float64):
 def test_kernels_build_where_a_compiler_exists():
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler")
-    assert kernels.name() == "c"
+    assert kernels.name() == "c+blocks"  # the BLAS routine of PyTorch's CPU build is found and checked
 
 
 def test_kernels_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("DEEPSETS_KERNELS", "norm")
+    assert kernels.name() == "c" and not kernels.blocks_enabled()
     monkeypatch.setenv("DEEPSETS_KERNELS", "0")
     assert kernels.name() == "eager" and not kernels.applies(torch.zeros(2, 2))
 
@@ -260,3 +262,133 @@ def test_fused_residual_paths_match_plain_ops_in_whole_models(name, padded, monk
     assert len(grads) == len(ref_grads)
     for a, r in zip(grads, ref_grads):
         torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-11)
+
+
+# --- the fused Deep Sets++ block (one kernel per clean-path block, around the BLAS GEMM) -------------------------
+
+def _needs_block():
+    if not kernels.block_applies(torch.zeros(1, 1)):
+        pytest.skip("fused block kernel unavailable (no C compiler with OpenMP, or no BLAS routine found)")
+
+
+def _block(D, seed, dtype=torch.float64):
+    torch.manual_seed(seed)
+    blk = dnn.DeepSetsBlock(D).to(dtype)
+    with torch.no_grad():  # away from the identity init, so every term of the backward matters
+        for p in blk.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return blk
+
+
+def _block_params(blk):
+    return [blk.norm1.weight, blk.norm1.bias, blk.fc1.weight, blk.norm2.weight, blk.norm2.bias, blk.fc2.weight]
+
+
+def _run(blk, x, sets, grad):
+    """Output, output statistics and every gradient of one block on a fresh leaf copy of ``x``."""
+    blk.zero_grad(set_to_none=True)
+    xl = x.detach().clone().requires_grad_(True)
+    out, stats = blk.forward_stats(xl, sets)
+    out.backward(grad)
+    return out.detach(), stats, [xl.grad] + [p.grad for p in _block_params(blk)]
+
+
+# Sets bigger than one tile (256 rows at D=16 ... 128), of one row, and (packed) empty.
+@pytest.mark.parametrize("layout", ["dense", "packed"])
+@pytest.mark.parametrize("D", [16, 128])
+def test_fused_block_matches_plain_ops(layout, D, monkeypatch):
+    _needs_block()
+    blk = _block(D, seed=D)
+    g = torch.Generator().manual_seed(1)
+    if layout == "dense":
+        x, sets = torch.randn(3, 700, D, generator=g, dtype=torch.float64) * 2 + 0.5, None
+    else:
+        mask = torch.zeros(5, 600, dtype=torch.bool)
+        for b, n in enumerate([600, 1, 0, 257, 33]):
+            mask[b, :n] = True
+        sets = PackedSets(mask)
+        x = torch.randn(int(mask.sum()), D, generator=g, dtype=torch.float64) * 2 + 0.5
+    grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    calls = []
+    real = kernels.ds_block_forward
+    monkeypatch.setattr(kernels, "ds_block_forward", lambda *a: calls.append(1) or real(*a))
+    out, stats, grads = _run(blk, x, sets, grad)
+    assert calls, "the fused block kernel was not used"
+    monkeypatch.setenv("DEEPSETS_KERNELS", "0")  # every op eager
+    out0, stats0, grads0 = _run(blk, x, sets, grad)
+    assert stats0 is None and len(calls) == 1
+    torch.testing.assert_close(out, out0, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, grads0):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # the returned statistics are the set norm's own: mean and rstd of each set of the output
+    rows = out.reshape(-1, D)
+    offsets = sets.offsets() if sets is not None else [0, 700, 1400, 2100]
+    for b in range(len(offsets) - 1):
+        s = rows[offsets[b]:offsets[b + 1]]
+        if len(s):
+            torch.testing.assert_close(stats[0, b].item(), s.mean().item(), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(stats[1, b].item(), (s.var(unbiased=False) + 1e-5).rsqrt().item(), rtol=1e-10, atol=0)
+
+
+def test_fused_block_statistics_chain_through_a_stack(monkeypatch):
+    """A block given its input's statistics (from the block before) computes what it computes without them."""
+    _needs_block()
+    blocks = [_block(32, seed=s) for s in range(3)]
+    x = torch.randn(4, 300, 32, dtype=torch.float64)
+    h, stats = x, None
+    for blk in blocks:
+        with_stats, stats_next = blk.forward_stats(h, None, stats)
+        without, _ = blk.forward_stats(h, None, None)
+        assert torch.equal(with_stats, without)
+        h, stats = with_stats, stats_next
+
+
+def test_fused_block_gradcheck_and_double_backward():
+    _needs_block()
+    blk = _block(6, seed=3)
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    mask[0, :9], mask[1, :4], mask[2, :1] = True, True, True
+    sets = PackedSets(mask)
+    x = torch.randn(int(mask.sum()), 6, dtype=torch.float64, requires_grad=True)
+    params = _block_params(blk)
+    f = lambda x, *p: dnn.residual._FusedCleanBlock.apply(x, None, 1e-5, sets, *p)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, *params))
+    assert torch.autograd.gradgradcheck(f, (x, *params))
+
+
+def test_fused_block_is_not_used_where_it_does_not_apply(monkeypatch):
+    """Padded batches with a bool mask, autocast and dispatch modes (FLOP counting) run the per-op path."""
+    _needs_block()
+    from deepsets.bench import MatmulRecorder
+
+    blk = _block(16, seed=0).float()
+    calls = []
+    real = kernels.ds_block_forward
+    monkeypatch.setattr(kernels, "ds_block_forward", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(2, 20, 16)
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[1, 10:] = False
+    blk(x, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        blk(x)
+    rec = MatmulRecorder()
+    with rec:
+        blk(x)
+    assert not calls and len(rec.calls) == 2  # the two products, as the FLOP count and the replay need them
+    blk(x)
+    assert calls
+
+
+@pytest.mark.parametrize("name", ["deepsets++", "settransformer++"])
+def test_models_train_under_cpu_autocast(name):
+    """bf16 autocast on CPU (``--precision bf16-mixed``): the in-place residual paths step aside, and the result
+    stays close to float32."""
+    torch.manual_seed(0)
+    model = deepsets.create_model(name, 2, 1, depth=4)
+    x = torch.randn(3, 50, 2)
+    ref = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.1)

@@ -145,7 +145,7 @@ def _eager_forward(x, weight, bias, eps, relu, packed):
         rstd = (var + eps).rsqrt_()
         y = xc.mul_(rstd.view(B, 1, 1) * weight).add_(bias)
     else:
-        count = packed.sizes.to(x.dtype) * x.shape[1]  # [B]
+        count = (packed.sizes.to(x.dtype) * x.shape[1]).clamp_min(1.0)  # [B]; an empty set gets mean 0
         mean = packed.sum(x.sum(dim=1)) / count
         xc = x - packed.expand(mean).unsqueeze(1)
         var = packed.sum(torch.linalg.vector_norm(xc, dim=1).square_()) / count

@@ -117,8 +117,8 @@ def _add_linear(x: Tensor, skip: Tensor, r: Tensor, fc: nn.Linear) -> Tensor:
     ``skip`` comes from :func:`norm_with_skip`: where it is a private ``[T, D]`` copy of ``x``, the product
     accumulates into it in place; where it is ``x`` itself, into a new output.
     """
-    if fc.bias is not None:
-        return x + fc(r)
+    if fc.bias is not None or r.dtype != fc.weight.dtype or torch.is_autocast_enabled(r.device.type):
+        return x + fc(r)  # (under autocast the product runs in the low-precision type: no in-place addmm)
     r2 = r.reshape(-1, r.shape[-1])
     if skip is not x:
         return skip.addmm_(r2, fc.weight.t()).view(x.shape)
