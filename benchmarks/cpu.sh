@@ -18,14 +18,15 @@ run() {  # run ENV_ASSIGNMENT... -- BENCH_ARGS...
     tee -a "$OUT"
 }
 for RUN in $(seq 1 "$RUNS"); do
-  # Defaults: fused set-norm kernels on, allocator tuned (what `deepsets train` gets).
+  # Defaults: fused kernels on (set norm, Deep Sets++ blocks), allocator tuned (what `deepsets train` gets).
   run X=1 -- --model deepsets++ --depth 50 --batch 8 --set-size 1000
   run X=1 -- --model deepsets++ --depth 50 --batch 8 --set-size 1000 --masked
   run X=1 -- --model settransformer++ --depth 16 --batch 8 --set-size 1000
   run X=1 -- --model settransformer++ --depth 16 --batch 8 --set-size 1000 --masked
   run X=1 -- --model deepsets --depth 50 --batch 8 --set-size 1000
   run X=1 -- --model settransformer --depth 16 --batch 8 --set-size 1000
-  # Ablations: what each of the two process-level choices contributes.
+  # Ablations: what each of the process-level choices contributes.
+  run DEEPSETS_KERNELS=norm -- --model deepsets++ --depth 50 --batch 8 --set-size 1000
   run DEEPSETS_KERNELS=0 -- --model deepsets++ --depth 50 --batch 8 --set-size 1000
   run DEEPSETS_TUNE_MALLOC=0 -- --model deepsets++ --depth 50 --batch 8 --set-size 1000
   run DEEPSETS_KERNELS=0 DEEPSETS_TUNE_MALLOC=0 -- --model deepsets++ --depth 50 --batch 8 --set-size 1000

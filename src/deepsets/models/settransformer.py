@@ -76,8 +76,9 @@ class SetTransformer(SetModel):
 
     def encode(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         h = x if self.input is None else zero_padding(self.input(x), mask)
-        for layer in self.layers:
-            h = layer(h, mask)
+        stats = None
+        for layer in self.layers:  # each block hands the next its output's set statistics, where it has them
+            h, stats = layer.forward_stats(h, mask, stats)
         if self.final_norm is not None:
             h = self.final_norm(h, mask)
         return h

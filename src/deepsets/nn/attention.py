@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fused
 from .masking import zero_padding
-from .norms import make_norm, norm_with_skip, resolve_choice
+from .norms import SetNorm, make_norm, norm_with_skip, resolve_choice
 
 RESIDUALS = ("clean", "nonclean")
 
@@ -45,12 +46,16 @@ class Attention(nn.Module):
 
     def attend(self, q: Tensor, k: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """``q``: already projected queries ``[B, Nq, dim]``; ``k``: raw keys ``[B, Nk, dim_k]``."""
+        return self.attend_kv(q, self.kv(k), key_mask)
+
+    def attend_kv(self, q: Tensor, kv: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """``attend`` with the key|value projection ``kv = self.kv(k)`` ``[B, Nk, 2 * dim]`` already computed."""
         B, Nq, _ = q.shape
-        Nk = k.shape[1]
+        Nk = kv.shape[1]
         h, dh = self.heads, self.dim // self.heads
         # Split K|V along its own axis, then move heads: the backward pass stacks the gradients of key and value
         # straight into the [B, Nk, 2 * dim] layout of the projection (one copy, no transposed intermediate).
-        key, value = (t.transpose(1, 2) for t in self.kv(k).view(B, Nk, 2, h, dh).unbind(2))  # 2 x [B, h, Nk, dh]
+        key, value = (t.transpose(1, 2) for t in kv.view(B, Nk, 2, h, dh).unbind(2))  # 2 x [B, h, Nk, dh]
         query = q.view(B, Nq, h, dh).transpose(1, 2)  # [B, h, Nq, dh]
         attn_mask = nonempty = None
         if key_mask is not None:
@@ -165,8 +170,38 @@ class ISAB(nn.Module):
         self.mab1 = MAB(dim_in, dim, dim, heads, norm, residual)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.forward_stats(x, mask)[0]
+
+    def forward_stats(self, x: Tensor, mask: Tensor | None = None,
+                      stats: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(forward(x, mask), stats of the output)``. Where the layer-level kernels apply (:mod:`.fused`: clean
+        path, set norm, float32/float64 on CPU, unpadded sets) the three set norms over the elements run fused
+        with the products they feed, and the per-set mean and rstd of the output come back (float64 ``[2, B]``)
+        for the next block; ``stats`` are those of ``x`` or None. Elsewhere the returned stats are None."""
+        if self._fused_applies(x, mask):
+            return self._fused_forward(x, stats)
         h = self.mab0(self.inducing.expand(x.shape[0], -1, -1), x, None, mask)  # [B, num_inducing, dim]
-        return self.mab1(x, h, mask, None)
+        return self.mab1(x, h, mask, None), None
+
+    def _fused_applies(self, x: Tensor, mask) -> bool:
+        m0, m1 = self.mab0, self.mab1
+        return (mask is None and m0.residual == m1.residual == "clean" and isinstance(m0.norm_k, SetNorm)
+                and isinstance(m1.norm_q, SetNorm) and isinstance(m1.norm_h, SetNorm)
+                and fused.applies(x, mask, self.parameters()))
+
+    def _fused_forward(self, x: Tensor, stats: Tensor | None) -> tuple[Tensor, Tensor]:
+        m0, m1 = self.mab0, self.mab1
+        # Both MABs normalize x (keys of the first, queries of the second): one set of statistics.
+        kv, stats = fused.norm_linear(x, None, stats, m0.norm_k, m0.attn.kv)  # [B, N, 2 * dim]
+        qp1, _ = fused.norm_linear(x, None, stats, m1.norm_q, m1.attn.q)  # [B, N, dim]
+        inducing = self.inducing.expand(x.shape[0], -1, -1)
+        qp0 = m0.attn.q(inducing)
+        h = m0.after_attention(inducing, qp0, m0.attn.attend_kv(qp0, kv))  # [B, num_inducing, dim]
+        att = m1.attn.attend(qp1, m1.key_input(h))  # [B, N, dim]
+        h1 = x + att
+        out, _, stats_out = fused.norm_linear(h1, None, None, m1.norm_h, m1.ff, fused.RELU_OUT | fused.RESIDUAL,
+                                              want_stats=True)
+        return out, stats_out
 
 
 class PMA(nn.Module):

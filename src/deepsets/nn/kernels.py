@@ -135,6 +135,9 @@ def _lib(dtype: torch.dtype) -> ctypes.CDLL | None:
         lib.dsblock_forward.argtypes = [p, p, p, i64, i64, p, p, p, p, p, p, dbl, p, c_int, p, p, p, p]
         lib.dsblock_backward.argtypes = [p, p, p, p, p, i64, i64, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p]
         lib.dsblock_forward.restype = lib.dsblock_backward.restype = c_int
+        lib.normlinear_forward.argtypes = [p, p, p, i64, i64, i64, p, p, p, p, dbl, c_int, p, c_int, p, p, p]
+        lib.normlinear_backward.argtypes = [p, p, p, p, i64, i64, i64, p, p, p, c_int, c_int, p, p, p, p, p, p, p, p]
+        lib.normlinear_forward.restype = lib.normlinear_backward.restype = c_int
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", b"") or b""
         warnings.warn(
@@ -281,3 +284,50 @@ def ds_block_backward(grad: torch.Tensor, x2d: torch.Tensor, t: torch.Tensor, of
     if rc:
         raise MemoryError("Deep Sets++ block kernel: out of memory")
     return dx, dv[0], dv[1], dW[0], dv[2], dv[3], dW[1]
+
+
+# --- set norm feeding a linear layer (setnorm.c: normlinear_forward / normlinear_backward) -----------------------
+
+RELU_IN, RELU_OUT, RESIDUAL = 1, 2, 4  # flags of norm_linear_forward
+
+
+def norm_linear_forward(x2d: torch.Tensor, offsets: np.ndarray, w, b, W, bias, eps: float, flags: int,
+                        stats_x: torch.Tensor | None, want_stats: bool = False):
+    """``y = [x +] act2(W act1(SN(x)) [+ bias])`` on rows ``x2d [T, D]``, ``W [N, D]``; ``flags``: ``RELU_IN``
+    (ReLU after the norm), ``RELU_OUT`` (ReLU after the product), ``RESIDUAL`` (add ``x``; ``N == D``).
+
+    Returns ``(y, gate, stats_x, stats_y)``: ``gate`` (uint8 ``[T, N]``, with ``RELU_OUT``) is what the backward
+    needs; ``stats_x`` the float64 ``[2, B]`` mean and rstd of ``x`` (given or computed); ``stats_y`` those of
+    ``y`` when ``want_stats`` (residual only), else None.
+    """
+    B, D = offsets.shape[0] - 1, x2d.shape[1]
+    N = W.shape[0]
+    have = stats_x is not None
+    st_x = stats_x if have else torch.empty(2, B, dtype=torch.float64)
+    st_y = torch.empty(2, B, dtype=torch.float64) if want_stats else None
+    y = torch.empty(x2d.shape[0], N, dtype=x2d.dtype)
+    gate = torch.empty(x2d.shape[0], N, dtype=torch.uint8) if flags & RELU_OUT else None
+    rc = _lib(x2d.dtype).normlinear_forward(_gemm(x2d.dtype), _ptr(x2d), _ptr(offsets), B, D, N, _ptr(w), _ptr(b),
+                                            _ptr(W), _opt(bias), float(eps), int(flags), _ptr(st_x), int(have),
+                                            _ptr(y), _opt(gate), _opt(st_y))
+    if rc:
+        raise MemoryError("set norm + linear kernel: out of memory")
+    return y, gate, st_x, st_y
+
+
+def norm_linear_backward(grad: torch.Tensor, x2d: torch.Tensor, offsets: np.ndarray, w, b, W, has_bias: bool,
+                         flags: int, stats_x: torch.Tensor, gate: torch.Tensor | None):
+    """Gradients of :func:`norm_linear_forward`: ``(dx, dw, db, dW, dbias)`` (``dbias`` None without a bias)."""
+    B, D = offsets.shape[0] - 1, x2d.shape[1]
+    N = W.shape[0]
+    g = grad.contiguous()
+    gbuf, dx = torch.empty_like(x2d), torch.empty_like(x2d)
+    dW = torch.empty(N, D, dtype=x2d.dtype)
+    dv = torch.empty(2 * D + N, dtype=x2d.dtype)
+    dw, db, dbias = dv[:D], dv[D:2 * D], dv[2 * D:]
+    rc = _lib(x2d.dtype).normlinear_backward(_gemm(x2d.dtype), _ptr(g), _ptr(x2d), _ptr(offsets), B, D, N, _ptr(w),
+                                             _ptr(b), _ptr(W), int(has_bias), int(flags), _ptr(stats_x), _opt(gate),
+                                             _ptr(gbuf), _ptr(dx), _ptr(dW), _ptr(dbias), _ptr(dw), _ptr(db))
+    if rc:
+        raise MemoryError("set norm + linear kernel: out of memory")
+    return dx, dw, db, dW, (dbias if has_bias else None)

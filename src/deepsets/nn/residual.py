@@ -13,11 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import kernels, norms
+from . import fused, kernels
 from .attention import RESIDUALS
-from .masking import PackedSets, zero_padding
+from .masking import zero_padding
 from .norms import SetNorm, make_norm, norm_with_skip, plain_set_norm, resolve_choice
 
 
@@ -57,17 +56,8 @@ class DeepSetsBlock(nn.Module):
         return (out if self.fc1.bias is None else zero_padding(out, mask)), None
 
     def _fused_applies(self, x: Tensor, mask) -> bool:
-        if not (self.residual == "clean" and self.fc1.bias is None and kernels.blocks_enabled()
-                and isinstance(self.norm1, SetNorm) and isinstance(self.norm2, SetNorm)):
-            return False
-        if not (mask is None and x.dim() == 3 or isinstance(mask, PackedSets) and x.dim() == 2):
-            return False  # padded [B, N, D] with a bool mask: the per-op path (the Deep Sets models pack instead)
-        if (norms._CHUNK_HOOK is not None or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
-                or torch.is_autocast_enabled(x.device.type)):
-            return False  # chunked inference, tracing, dispatch modes (e.g. FLOP counting) and autocast see plain ops
-        params = (self.norm1.weight, self.norm1.bias, self.fc1.weight, self.norm2.weight, self.norm2.bias,
-                  self.fc2.weight)
-        return x.is_contiguous() and all(p.dtype == x.dtype for p in params) and kernels.block_applies(x)
+        return (self.residual == "clean" and self.fc1.bias is None and isinstance(self.norm1, SetNorm)
+                and isinstance(self.norm2, SetNorm) and fused.applies(x, mask, self.parameters()))
 
 
 class _FusedCleanBlock(torch.autograd.Function):
@@ -79,7 +69,7 @@ class _FusedCleanBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, stats, eps, sets, w1, b1, W1, w2, b2, W2):
         D = x.shape[-1]
-        offsets = sets.offsets() if isinstance(sets, PackedSets) else norms._dense_offsets(x.shape[0], x.shape[1])
+        offsets = fused.set_offsets(x, sets)
         params = tuple(p.contiguous() for p in (w1, b1, W1, w2, b2, W2))
         out, t, st_x, st_t, st_out = kernels.ds_block_forward(x.view(-1, D), offsets, params, eps, stats)
         ctx.save_for_backward(x, t, st_x, st_t, *params)

@@ -608,3 +608,224 @@ int dsblock_backward(gemm_t gemm, const REAL *G, const REAL *x, const REAL *t, c
     free(acc);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * y = [x +] act2(W act1(SN(x)) [+ bias]): a set norm feeding a linear layer (attention projections, feed-forward
+ * layers), fused the same way: normalized tiles stay in cache. flags: 1 = ReLU after the norm (act1), 2 = ReLU
+ * after the product (act2), 4 = add x (residual; needs N == D). W is [N, D]. gate (with act2, optional): one byte
+ * per output value, 1 where the ReLU passed (what the backward needs). st_y (optional, residual only): per-set
+ * mean and rstd of y.
+ * ---------------------------------------------------------------------------------------------------------- */
+#define NL_RELU_IN 1
+#define NL_RELU_OUT 2
+#define NL_RESIDUAL 4
+
+static void norm_apply(const REAL *x, int64_t rows, int64_t D, const REAL *a, const REAL *s, int relu, REAL *h) {
+    if (relu) {
+        norm_relu(x, rows, D, a, s, h);
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+#pragma omp simd
+        for (int64_t d = 0; d < D; d++) h[r * D + d] = x[r * D + d] * a[d] + s[d];
+    }
+}
+
+int normlinear_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B, int64_t D, int64_t N,
+                       const REAL *w, const REAL *b, const REAL *W, const REAL *bias, double eps, int flags,
+                       double *st_x, int have_st_x, REAL *y, uint8_t *gate, double *st_y) {
+    tiles_t tl;
+    if (make_tiles(off, B, tile_rows(D > N ? D : N), &tl)) return -1;
+    const int64_t nt = tl.n, TR = tl.rows_max;
+    const int nthr = omp_get_max_threads();
+    double *tm = malloc(sizeof(double) * (size_t)(3 * nt + 1));
+    REAL *AS = malloc(sizeof(REAL) * (size_t)(2 * B * D + 1));
+    REAL *buf = malloc(sizeof(REAL) * (size_t)(nthr * TR * D + 1));
+    if (!tm || !AS || !buf) { free(tl.set); free(tm); free(AS); free(buf); return -1; }
+    REAL *A = AS, *S = A + B * D;
+#pragma omp parallel num_threads(nthr)
+    {
+        REAL *h = buf + (int64_t)omp_get_thread_num() * TR * D;
+        if (!have_st_x) {
+#pragma omp for schedule(static)
+            for (int64_t c = 0; c < nt; c++)
+                moments(x + tl.start[c] * D, tl.end[c] - tl.start[c], D, tm + c, tm + nt + c, tm + 2 * nt + c);
+#pragma omp for schedule(static)
+            for (int64_t bb = 0; bb < B; bb++) finish_stats(&tl, tm, bb, D, eps, w, b, st_x, B, A, S);
+        } else {
+#pragma omp single
+            scale_shift(st_x, B, D, w, b, A, S);
+        }
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < nt; c++) {
+            const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, s = tl.set[c];
+            REAL *yt = y + r0 * N;
+            norm_apply(x + r0 * D, rows, D, A + s * D, S + s * D, flags & NL_RELU_IN, h);
+            if (bias) {
+                for (int64_t r = 0; r < rows; r++) memcpy(yt + r * N, bias, sizeof(REAL) * (size_t)N);
+            } else {
+                memset(yt, 0, sizeof(REAL) * (size_t)(rows * N));
+            }
+            mm_nt(gemm, rows, N, D, h, W, 1, yt);
+            if (flags & NL_RELU_OUT) {
+                uint8_t *gt = gate ? gate + r0 * N : NULL;
+                for (int64_t i = 0; i < rows * N; i++) {
+                    const int on = yt[i] > 0;
+                    if (gt) gt[i] = (uint8_t)on;
+                    yt[i] = on ? yt[i] : 0;
+                }
+            }
+            if (flags & NL_RESIDUAL) {
+                const REAL *xt = x + r0 * D;
+#pragma omp simd
+                for (int64_t i = 0; i < rows * N; i++) yt[i] += xt[i];
+                if (st_y) moments(yt, rows, N, tm + c, tm + nt + c, tm + 2 * nt + c);
+            }
+        }
+        if ((flags & NL_RESIDUAL) && st_y) {
+#pragma omp for schedule(static)
+            for (int64_t bb = 0; bb < B; bb++) {
+                double n = 0.0, mu = 0.0, m2 = 0.0;
+                for (int64_t c = tl.first[bb]; c < tl.first[bb + 1]; c++) {
+                    const double nb = tm[2 * nt + c], delta = tm[c] - mu, tot = n + nb;
+                    if (nb == 0) continue;
+                    mu += delta * nb / tot;
+                    m2 += tm[nt + c] + delta * delta * n * nb / tot;
+                    n = tot;
+                }
+                const double var = n > 0 ? (m2 > 0 ? m2 : 0.0) / n : 0.0;
+                st_y[bb] = mu;
+                st_y[B + bb] = 1.0 / sqrt(var + eps);
+            }
+        }
+    }
+    free(tl.set);
+    free(tm);
+    free(AS);
+    free(buf);
+    return 0;
+}
+
+/* Per-feature sums of g and g x over a tile (no gate). */
+static void plain_sums(const REAL *g, const REAL *x, int64_t rows, int64_t D, double *C, double *P, REAL *accC,
+                       REAL *accP) {
+    for (int64_t r0 = 0; r0 < rows; r0 += ROWS) {
+        const int64_t r1 = r0 + ROWS < rows ? r0 + ROWS : rows;
+        for (int64_t d = 0; d < D; d++) accC[d] = accP[d] = 0;
+        for (int64_t r = r0; r < r1; r++) {
+            const REAL *gr = g + r * D, *xr = x + r * D;
+#pragma omp simd
+            for (int64_t d = 0; d < D; d++) {
+                accC[d] += gr[d];
+                accP[d] += gr[d] * xr[d];
+            }
+        }
+        for (int64_t d = 0; d < D; d++) {
+            C[d] += accC[d];
+            P[d] += accP[d];
+        }
+    }
+}
+
+/* Backward of normlinear_forward from G = dL/dy [T, N]. gate: as written by the forward (needed with
+ * NL_RELU_OUT). gbuf: scratch [T, D]. Writes dx [T, D], dW [N, D], dbias [N] (if bias), dw, db [D]. */
+int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t *off, int64_t B, int64_t D,
+                        int64_t N, const REAL *w, const REAL *b, const REAL *W, int has_bias, int flags,
+                        const double *st_x, const uint8_t *gate, REAL *gbuf, REAL *dx, REAL *dW, REAL *dbias,
+                        REAL *dw, REAL *db) {
+    tiles_t tl;
+    if (make_tiles(off, B, tile_rows(D > N ? D : N), &tl)) return -1;
+    const int64_t nt = tl.n, TR = tl.rows_max, E = D > N ? D : N;
+    const int nthr = omp_get_max_threads();
+    const int64_t per = 2 * TR * E + 2 * D + N;
+    double *sums = calloc((size_t)(2 * nt * D + 2 * D + 1), sizeof(double));
+    double *dbs = calloc((size_t)(nthr * N + 1), sizeof(double));
+    REAL *AS = malloc(sizeof(REAL) * (size_t)(2 * B * D + 2 * B + 1));
+    REAL *buf = malloc(sizeof(REAL) * (size_t)(nthr * per + 1));
+    REAL *acc = calloc((size_t)(nthr * N * D + 1), sizeof(REAL));
+    if (!sums || !dbs || !AS || !buf || !acc) {
+        free(tl.set); free(sums); free(dbs); free(AS); free(buf); free(acc);
+        return -1;
+    }
+    double *tC = sums, *tP = tC + nt * D, *sw = tP + nt * D, *sb = sw + D;
+    REAL *A = AS, *S = A + B * D, *K = S + B * D;
+    scale_shift(st_x, B, D, w, b, A, S);
+    const int relu_in = flags & NL_RELU_IN;
+#pragma omp parallel num_threads(nthr)
+    {
+        const int me = omp_get_thread_num();
+        REAL *h = buf + (int64_t)me * per, *dz = h + TR * E, *accC = dz + TR * E, *accP = accC + D, *accB = accP + D;
+        REAL *aW = acc + (int64_t)me * N * D;
+        double *tb = dbs + (int64_t)me * N;
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < nt; c++) {
+            const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, s = tl.set[c];
+            const REAL *Gt = G + r0 * N;
+            if (flags & NL_RELU_OUT) {
+                const uint8_t *gt = gate + r0 * N;
+                for (int64_t i = 0; i < rows * N; i++) dz[i] = gt[i] ? Gt[i] : 0;
+                Gt = dz;
+            }
+            if (has_bias) {
+                for (int64_t r0b = 0; r0b < rows; r0b += ROWS) {
+                    const int64_t r1 = r0b + ROWS < rows ? r0b + ROWS : rows;
+                    for (int64_t j = 0; j < N; j++) accB[j] = 0;
+                    for (int64_t r = r0b; r < r1; r++) {
+#pragma omp simd
+                        for (int64_t j = 0; j < N; j++) accB[j] += Gt[r * N + j];
+                    }
+                    for (int64_t j = 0; j < N; j++) tb[j] += accB[j];
+                }
+            }
+            norm_apply(x + r0 * D, rows, D, A + s * D, S + s * D, relu_in, h);
+            mm_tn(gemm, N, D, rows, Gt, h, 1, aW);                      /* dW += dz^T h */
+            mm_nn(gemm, rows, D, N, Gt, W, 0, gbuf + r0 * D);            /* dh = dz W */
+            if (relu_in)
+                gate_sums(gbuf + r0 * D, x + r0 * D, rows, D, A + s * D, S + s * D, tC + c * D, tP + c * D, accC, accP);
+            else
+                plain_sums(gbuf + r0 * D, x + r0 * D, rows, D, tC + c * D, tP + c * D, accC, accP);
+        }
+#pragma omp single
+        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_x, w, K, sw, sb);
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < nt; c++) {
+            const int64_t s = tl.set[c];
+            const REAL *a = A + s * D, k = K[2 * s], k0 = K[2 * s + 1];
+            for (int64_t r = tl.start[c]; r < tl.end[c]; r++) {
+                const REAL *gr = gbuf + r * D, *xr = x + r * D;
+                REAL *o = dx + r * D;
+                if (flags & NL_RESIDUAL) {
+                    const REAL *Gr = G + r * N;
+#pragma omp simd
+                    for (int64_t d = 0; d < D; d++) o[d] = gr[d] * a[d] + xr[d] * k + k0 + Gr[d];
+                } else {
+#pragma omp simd
+                    for (int64_t d = 0; d < D; d++) o[d] = gr[d] * a[d] + xr[d] * k + k0;
+                }
+            }
+        }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < N * D; i++) {
+            REAL sacc = 0;
+            for (int j = 0; j < nthr; j++) sacc += acc[(int64_t)j * N * D + i];
+            dW[i] = sacc;
+        }
+    }
+    for (int64_t d = 0; d < D; d++) {
+        dw[d] = (REAL)sw[d];
+        db[d] = (REAL)sb[d];
+    }
+    if (has_bias)
+        for (int64_t j = 0; j < N; j++) {
+            double sacc = 0.0;
+            for (int t = 0; t < nthr; t++) sacc += dbs[(int64_t)t * N + j];
+            dbias[j] = (REAL)sacc;
+        }
+    free(tl.set);
+    free(sums);
+    free(dbs);
+    free(AS);
+    free(buf);
+    free(acc);
+    return 0;
+}

@@ -1,0 +1,94 @@
+"""Whole layers on the fused CPU kernels: a set norm and the linear layer it feeds in one kernel call.
+
+The kernels (:mod:`deepsets.nn.kernels`, ``setnorm.c``) cut the rows into tiles, normalize each tile into a
+buffer that stays in the cache and multiply it there with the BLAS routine PyTorch itself uses, so normalized
+activations never go to memory (the backward pass recomputes them). They also return the per-set statistics
+of what they write where the next layer normalizes it, which saves that layer a pass. They take over only
+where they compute exactly what the plain layers compute: float32/float64 on CPU, unpadded ``[B, N, D]`` or
+packed rows, no autocast, and not under tracing or a dispatch mode (``deepsets bench`` counts FLOPs with one).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from . import kernels, norms
+from .masking import PackedSets
+from .norms import plain_set_norm
+
+RELU_IN, RELU_OUT, RESIDUAL = kernels.RELU_IN, kernels.RELU_OUT, kernels.RESIDUAL
+
+
+def applies(x: Tensor, mask, params) -> bool:
+    """Whether the layer-level kernels may run on ``x`` (with ``mask``) and parameters ``params``."""
+    if not kernels.blocks_enabled():
+        return False
+    if not (mask is None and x.dim() == 3 or isinstance(mask, PackedSets) and x.dim() == 2):
+        return False  # padded [B, N, D] with a bool mask: the per-op path
+    if (norms._CHUNK_HOOK is not None or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+            or torch.is_autocast_enabled(x.device.type)):
+        return False  # chunked inference, tracing, dispatch modes (e.g. FLOP counting) and autocast see plain ops
+    return x.is_contiguous() and all(p.dtype == x.dtype for p in params) and kernels.block_applies(x)
+
+
+def set_offsets(x: Tensor, sets):
+    """Row offsets of the sets (NumPy int64 ``[B + 1]``) of ``x`` (``[B, N, D]``, or packed rows with ``sets``)."""
+    return sets.offsets() if isinstance(sets, PackedSets) else norms._dense_offsets(x.shape[0], x.shape[1])
+
+
+class _NormLinear(torch.autograd.Function):
+    """``y = [x +] act2(fc(act1(SN(x))))`` (:func:`deepsets.nn.kernels.norm_linear_forward`); also returns the
+    statistics of ``x`` and (``want_stats``) of ``y``, not differentiable: their dependence on ``x`` is part of
+    the backward of the layers that use them. A differentiated backward goes through plain ops."""
+
+    @staticmethod
+    def forward(ctx, x, stats, sets, eps, flags, want_stats, w, b, W, bias):
+        D = x.shape[-1]
+        offsets = set_offsets(x, sets)
+        w, b, W = w.contiguous(), b.contiguous(), W.contiguous()
+        bias = None if bias is None else bias.contiguous()
+        y, gate, st_x, st_y = kernels.norm_linear_forward(x.view(-1, D), offsets, w, b, W, bias, eps, flags, stats,
+                                                          want_stats)
+        st_x = st_x.clone() if stats is not None else st_x
+        ctx.save_for_backward(x, st_x, gate, w, b, W, bias)
+        ctx.sets, ctx.eps, ctx.flags, ctx.offsets = sets, eps, flags, offsets
+        outs = (y.view(*x.shape[:-1], W.shape[0]), st_x) + ((st_y,) if want_stats else ())
+        ctx.mark_non_differentiable(*outs[1:])
+        return outs
+
+    @staticmethod
+    def backward(ctx, grad, *_stats_grads):
+        x, st_x, gate, w, b, W, bias = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: the same layer in plain differentiable ops
+            args = (x, w, b, W, bias)
+            inputs = [v for v in args if v is not None and v.requires_grad]
+            with torch.enable_grad():
+                y = reference(x, w, b, W, bias, ctx.eps, ctx.flags, ctx.sets)
+                found = iter(torch.autograd.grad(y, inputs, grad, create_graph=True, allow_unused=True))
+            grads = [next(found) if v is not None and v.requires_grad else None for v in args]
+        else:
+            D = x.shape[-1]
+            dx, dw, db, dW, dbias = kernels.norm_linear_backward(grad.reshape(-1, W.shape[0]), x.view(-1, D),
+                                                                 ctx.offsets, w, b, W, bias is not None, ctx.flags,
+                                                                 st_x, gate)
+            grads = [dx.view(x.shape), dw, db, dW, dbias]
+        return grads[0], None, None, None, None, None, *grads[1:]
+
+
+def reference(x, w, b, W, bias, eps, flags, sets):
+    """What :class:`_NormLinear` computes, in plain PyTorch ops."""
+    y = F.linear(plain_set_norm(x, w, b, eps, bool(flags & RELU_IN), sets), W, bias)
+    y = F.relu(y) if flags & RELU_OUT else y
+    return x + y if flags & RESIDUAL else y
+
+
+def norm_linear(x: Tensor, sets, stats: Tensor | None, norm: nn.Module, fc: nn.Linear, flags: int = 0,
+                want_stats: bool = False):
+    """``[x +] act2(fc(act1(norm(x))))`` for a :class:`~deepsets.nn.norms.SetNorm` ``norm`` in one kernel call.
+
+    ``stats``: the per-set mean and rstd of ``x`` (float64 ``[2, B]``) if known, else None. Returns ``(y, stats
+    of x)``, plus the statistics of ``y`` with ``want_stats``. Check :func:`applies` first.
+    """
+    return _NormLinear.apply(x, stats, sets, norm.eps, flags, want_stats, norm.weight, norm.bias, fc.weight, fc.bias)
