@@ -397,7 +397,7 @@ def test_models_train_under_cpu_autocast(name):
 # --- set norm + linear layer in one kernel (attention projections and feed-forward layers) -----------------------
 
 @pytest.mark.parametrize("flags", [0, 1, 2, 3, 6])  # none, ReLU after norm, ReLU after product, both, residual
-@pytest.mark.parametrize("layout", ["dense", "packed"])
+@pytest.mark.parametrize("layout", ["dense", "packed", "padded"])
 def test_norm_linear_matches_plain_ops(flags, layout):
     _needs_block()
     from deepsets.nn import fused
@@ -411,6 +411,11 @@ def test_norm_linear_matches_plain_ops(flags, layout):
         norm.bias.add_(torch.randn(D, generator=g, dtype=torch.float64) * 0.5)
     if layout == "dense":
         x, sets = torch.randn(3, 300, D, generator=g, dtype=torch.float64) * 2 + 1, None
+    elif layout == "padded":  # a bool mask: padding anywhere in a set, an empty set, and garbage in padded rows
+        sets = torch.rand(3, 300, generator=g) < 0.6
+        sets[1] = False
+        x = torch.randn(3, 300, D, generator=g, dtype=torch.float64) * 2 + 1
+        x = x.masked_fill(~sets.unsqueeze(-1), 50.0)
     else:
         mask = torch.zeros(4, 300, dtype=torch.bool)
         for b, n in enumerate([300, 1, 0, 170]):
@@ -437,8 +442,10 @@ def test_norm_linear_matches_plain_ops(flags, layout):
     assert torch.equal(again, y)
     if want_stats:  # statistics of the output: mean and rstd of each set
         rows, offsets = y.reshape(-1, N), fused.set_offsets(y, sets)
+        valid = fused._valid_rows(sets)
         for b in range(len(offsets) - 1):
             s = rows[offsets[b]:offsets[b + 1]]
+            s = s if valid is None else s[valid[offsets[b]:offsets[b + 1]]]
             if len(s):
                 torch.testing.assert_close(st_y[0][0, b].item(), s.mean().item(), rtol=1e-12, atol=1e-12)
                 torch.testing.assert_close(st_y[0][1, b].item(), (s.var(unbiased=False) + 1e-5).rsqrt().item(),
@@ -461,8 +468,9 @@ def test_norm_linear_gradcheck_and_double_backward():
     assert torch.autograd.gradgradcheck(f, (x, *params))
 
 
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_isab_matches_plain_ops_in_the_whole_model(dtype, monkeypatch):
+def test_fused_isab_matches_plain_ops_in_the_whole_model(dtype, padded, monkeypatch):
     """Set Transformer++ with its ISABs on the layer-level kernels vs every layer per op: outputs and every
     gradient, and the kernels are really used."""
     _needs_block()
@@ -475,13 +483,18 @@ def test_fused_isab_matches_plain_ops_in_the_whole_model(dtype, monkeypatch):
             if "norm" in name:
                 p.add_(torch.randn_like(p) * 0.3)
     x = torch.randn(3, 300, 2, dtype=dtype)
+    mask = None
+    if padded:  # padding in the middle and at the end of sets, and one full set
+        mask = torch.rand(3, 300, generator=torch.Generator().manual_seed(0)) < 0.7
+        mask[0] = True
+        x = x.masked_fill(~mask.unsqueeze(-1), 7.0)  # whatever padded rows hold is ignored
     calls = []
     real = fused._NormLinear.apply
     monkeypatch.setattr(fused._NormLinear, "apply", lambda *a: calls.append(1) or real(*a))
 
     def run():
         model.zero_grad(set_to_none=True)
-        out = model(x)
+        out = model(x, mask)
         out.sum().backward()
         return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

@@ -175,33 +175,33 @@ class ISAB(nn.Module):
     def forward_stats(self, x: Tensor, mask: Tensor | None = None,
                       stats: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """``(forward(x, mask), stats of the output)``. Where the layer-level kernels apply (:mod:`.fused`: clean
-        path, set norm, float32/float64 on CPU, unpadded sets) the three set norms over the elements run fused
+        path, set norm, float32/float64 on CPU, padded or not) the three set norms over the elements run fused
         with the products they feed, and the per-set mean and rstd of the output come back (float64 ``[2, B]``)
         for the next block; ``stats`` are those of ``x`` or None. Elsewhere the returned stats are None."""
         if self._fused_applies(x, mask):
-            return self._fused_forward(x, stats)
+            return self._fused_forward(x, mask, stats)
         h = self.mab0(self.inducing.expand(x.shape[0], -1, -1), x, None, mask)  # [B, num_inducing, dim]
         return self.mab1(x, h, mask, None), None
 
     def _fused_applies(self, x: Tensor, mask) -> bool:
         m0, m1 = self.mab0, self.mab1
-        return (mask is None and m0.residual == m1.residual == "clean" and isinstance(m0.norm_k, SetNorm)
+        return (m0.residual == m1.residual == "clean" and isinstance(m0.norm_k, SetNorm)
                 and isinstance(m1.norm_q, SetNorm) and isinstance(m1.norm_h, SetNorm)
-                and fused.applies(x, mask, self.parameters()))
+                and fused.applies(x, mask, self.parameters(), padded=True))
 
-    def _fused_forward(self, x: Tensor, stats: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _fused_forward(self, x: Tensor, mask: Tensor | None, stats: Tensor | None) -> tuple[Tensor, Tensor]:
         m0, m1 = self.mab0, self.mab1
         # Both MABs normalize x (keys of the first, queries of the second): one set of statistics.
-        kv, stats = fused.norm_linear(x, None, stats, m0.norm_k, m0.attn.kv)  # [B, N, 2 * dim]
-        qp1, _ = fused.norm_linear(x, None, stats, m1.norm_q, m1.attn.q)  # [B, N, dim]
+        kv, stats = fused.norm_linear(x, mask, stats, m0.norm_k, m0.attn.kv)  # [B, N, 2 * dim]
+        qp1, _ = fused.norm_linear(x, mask, stats, m1.norm_q, m1.attn.q)  # [B, N, dim]
         inducing = self.inducing.expand(x.shape[0], -1, -1)
         qp0 = m0.attn.q(inducing)
-        h = m0.after_attention(inducing, qp0, m0.attn.attend_kv(qp0, kv))  # [B, num_inducing, dim]
+        h = m0.after_attention(inducing, qp0, m0.attn.attend_kv(qp0, kv, mask))  # [B, num_inducing, dim]
         att = m1.attn.attend(qp1, m1.key_input(h))  # [B, N, dim]
         h1 = x + att
-        out, _, stats_out = fused.norm_linear(h1, None, None, m1.norm_h, m1.ff, fused.RELU_OUT | fused.RESIDUAL,
+        out, _, stats_out = fused.norm_linear(h1, mask, None, m1.norm_h, m1.ff, fused.RELU_OUT | fused.RESIDUAL,
                                               want_stats=True)
-        return out, stats_out
+        return zero_padding(out, mask), stats_out
 
 
 class PMA(nn.Module):

@@ -21,12 +21,14 @@ from .norms import plain_set_norm
 RELU_IN, RELU_OUT, RESIDUAL = kernels.RELU_IN, kernels.RELU_OUT, kernels.RESIDUAL
 
 
-def applies(x: Tensor, mask, params) -> bool:
-    """Whether the layer-level kernels may run on ``x`` (with ``mask``) and parameters ``params``."""
+def applies(x: Tensor, mask, params, padded: bool = False) -> bool:
+    """Whether the layer-level kernels may run on ``x`` (with ``mask``) and parameters ``params``; ``padded``:
+    the caller also handles padded ``[B, N, D]`` with a bool mask."""
     if not kernels.blocks_enabled():
         return False
-    if not (mask is None and x.dim() == 3 or isinstance(mask, PackedSets) and x.dim() == 2):
-        return False  # padded [B, N, D] with a bool mask: the per-op path
+    if not (mask is None and x.dim() == 3 or isinstance(mask, PackedSets) and x.dim() == 2
+            or padded and isinstance(mask, Tensor) and mask.dtype == torch.bool and x.dim() == 3):
+        return False
     if (norms._CHUNK_HOOK is not None or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
             or torch.is_autocast_enabled(x.device.type)):
         return False  # chunked inference, tracing, dispatch modes (e.g. FLOP counting) and autocast see plain ops
@@ -36,6 +38,11 @@ def applies(x: Tensor, mask, params) -> bool:
 def set_offsets(x: Tensor, sets):
     """Row offsets of the sets (NumPy int64 ``[B + 1]``) of ``x`` (``[B, N, D]``, or packed rows with ``sets``)."""
     return sets.offsets() if isinstance(sets, PackedSets) else norms._dense_offsets(x.shape[0], x.shape[1])
+
+
+def _valid_rows(sets):
+    """Per-row validity (contiguous bool ``[B * N]``) for a padded batch's bool mask, else None."""
+    return sets.contiguous().view(-1) if isinstance(sets, Tensor) else None
 
 
 class _NormLinear(torch.autograd.Function):
@@ -50,7 +57,7 @@ class _NormLinear(torch.autograd.Function):
         w, b, W = w.contiguous(), b.contiguous(), W.contiguous()
         bias = None if bias is None else bias.contiguous()
         y, gate, st_x, st_y = kernels.norm_linear_forward(x.view(-1, D), offsets, w, b, W, bias, eps, flags, stats,
-                                                          want_stats)
+                                                          want_stats, _valid_rows(sets))
         st_x = st_x.clone() if stats is not None else st_x
         ctx.save_for_backward(x, st_x, gate, w, b, W, bias)
         ctx.sets, ctx.eps, ctx.flags, ctx.offsets = sets, eps, flags, offsets
@@ -72,7 +79,7 @@ class _NormLinear(torch.autograd.Function):
             D = x.shape[-1]
             dx, dw, db, dW, dbias = kernels.norm_linear_backward(grad.reshape(-1, W.shape[0]), x.view(-1, D),
                                                                  ctx.offsets, w, b, W, bias is not None, ctx.flags,
-                                                                 st_x, gate)
+                                                                 st_x, gate, _valid_rows(ctx.sets))
             grads = [dx.view(x.shape), dw, db, dW, dbias]
         return grads[0], None, None, None, None, None, *grads[1:]
 
@@ -88,7 +95,9 @@ def norm_linear(x: Tensor, sets, stats: Tensor | None, norm: nn.Module, fc: nn.L
                 want_stats: bool = False):
     """``[x +] act2(fc(act1(norm(x))))`` for a :class:`~deepsets.nn.norms.SetNorm` ``norm`` in one kernel call.
 
-    ``stats``: the per-set mean and rstd of ``x`` (float64 ``[2, B]``) if known, else None. Returns ``(y, stats
-    of x)``, plus the statistics of ``y`` with ``want_stats``. Check :func:`applies` first.
+    ``sets``: None (unpadded ``[B, N, D]``), a :class:`PackedSets` (packed rows) or a padded batch's bool mask
+    ``[B, N]`` (padded rows are left out of the statistics and normalized to zero; what ``y`` holds there is for
+    the caller to mask). ``stats``: the per-set mean and rstd of ``x`` (float64 ``[2, B]``) if known, else None.
+    Returns ``(y, stats of x)``, plus the statistics of ``y`` with ``want_stats``. Check :func:`applies` first.
     """
     return _NormLinear.apply(x, stats, sets, norm.eps, flags, want_stats, norm.weight, norm.bias, fc.weight, fc.bias)

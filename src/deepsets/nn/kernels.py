@@ -16,6 +16,15 @@ packed rows of padded batches, and padded batches with a row mask (padded rows a
 float64 on CPU; anything else (and any machine where the kernels cannot be built) uses the eager code in
 :mod:`deepsets.nn.norms`, which computes the same thing.
 
+Layer-level kernels (same C file; used by :mod:`deepsets.nn.fused` and the Deep Sets++ block) go one step
+further: a set norm and the linear layer it feeds run as one call. Rows are cut into tiles of at most 256 rows
+(a tile never spans two sets); each thread normalizes a tile into a buffer that stays in its cache and
+multiplies it there with one single-threaded call of the BLAS routine PyTorch itself uses (``sgemm_`` /
+``dgemm_``, found in ``libtorch_cpu`` and checked against ``torch.mm`` before first use), and takes the
+statistics of what it writes while the tile is in cache. The backward pass recomputes the normalized tiles
+instead of reading saved ones. Where the routine cannot be found the layers run op by op.
+``DEEPSETS_KERNELS=norm`` keeps the set-norm kernels and turns the layer-level ones off.
+
 Build: on first use the C file is compiled with the system C compiler (``$CC`` or ``cc``; about a second)
 into a per-user cache (``$DEEPSETS_CACHE`` or ``~/.cache/deepsets``), keyed by the source, the flags and the
 CPU. It links the OpenMP runtime that PyTorch has already loaded, so it runs on PyTorch's own threads (a
@@ -135,8 +144,9 @@ def _lib(dtype: torch.dtype) -> ctypes.CDLL | None:
         lib.dsblock_forward.argtypes = [p, p, p, i64, i64, p, p, p, p, p, p, dbl, p, c_int, p, p, p, p]
         lib.dsblock_backward.argtypes = [p, p, p, p, p, i64, i64, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p]
         lib.dsblock_forward.restype = lib.dsblock_backward.restype = c_int
-        lib.normlinear_forward.argtypes = [p, p, p, i64, i64, i64, p, p, p, p, dbl, c_int, p, c_int, p, p, p]
-        lib.normlinear_backward.argtypes = [p, p, p, p, i64, i64, i64, p, p, p, c_int, c_int, p, p, p, p, p, p, p, p]
+        lib.normlinear_forward.argtypes = [p, p, p, p, i64, i64, i64, p, p, p, p, dbl, c_int, p, c_int, p, p, p]
+        lib.normlinear_backward.argtypes = [p, p, p, p, p, i64, i64, i64, p, p, p, c_int, c_int, p, p, p, p, p, p, p,
+                                            p]
         lib.normlinear_forward.restype = lib.normlinear_backward.restype = c_int
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", b"") or b""
@@ -292,13 +302,14 @@ RELU_IN, RELU_OUT, RESIDUAL = 1, 2, 4  # flags of norm_linear_forward
 
 
 def norm_linear_forward(x2d: torch.Tensor, offsets: np.ndarray, w, b, W, bias, eps: float, flags: int,
-                        stats_x: torch.Tensor | None, want_stats: bool = False):
+                        stats_x: torch.Tensor | None, want_stats: bool = False, valid: torch.Tensor | None = None):
     """``y = [x +] act2(W act1(SN(x)) [+ bias])`` on rows ``x2d [T, D]``, ``W [N, D]``; ``flags``: ``RELU_IN``
     (ReLU after the norm), ``RELU_OUT`` (ReLU after the product), ``RESIDUAL`` (add ``x``; ``N == D``).
 
     Returns ``(y, gate, stats_x, stats_y)``: ``gate`` (uint8 ``[T, N]``, with ``RELU_OUT``) is what the backward
     needs; ``stats_x`` the float64 ``[2, B]`` mean and rstd of ``x`` (given or computed); ``stats_y`` those of
-    ``y`` when ``want_stats`` (residual only), else None.
+    ``y`` when ``want_stats`` (residual only), else None. ``valid``: optional contiguous bool ``[T]``; rows where
+    it is False are padding (left out of the statistics, normalized to zero: their ``y`` is the bias).
     """
     B, D = offsets.shape[0] - 1, x2d.shape[1]
     N = W.shape[0]
@@ -307,7 +318,8 @@ def norm_linear_forward(x2d: torch.Tensor, offsets: np.ndarray, w, b, W, bias, e
     st_y = torch.empty(2, B, dtype=torch.float64) if want_stats else None
     y = torch.empty(x2d.shape[0], N, dtype=x2d.dtype)
     gate = torch.empty(x2d.shape[0], N, dtype=torch.uint8) if flags & RELU_OUT else None
-    rc = _lib(x2d.dtype).normlinear_forward(_gemm(x2d.dtype), _ptr(x2d), _ptr(offsets), B, D, N, _ptr(w), _ptr(b),
+    rc = _lib(x2d.dtype).normlinear_forward(_gemm(x2d.dtype), _ptr(x2d), _ptr(offsets), _opt(valid), B, D, N,
+                                            _ptr(w), _ptr(b),
                                             _ptr(W), _opt(bias), float(eps), int(flags), _ptr(st_x), int(have),
                                             _ptr(y), _opt(gate), _opt(st_y))
     if rc:
@@ -316,7 +328,7 @@ def norm_linear_forward(x2d: torch.Tensor, offsets: np.ndarray, w, b, W, bias, e
 
 
 def norm_linear_backward(grad: torch.Tensor, x2d: torch.Tensor, offsets: np.ndarray, w, b, W, has_bias: bool,
-                         flags: int, stats_x: torch.Tensor, gate: torch.Tensor | None):
+                         flags: int, stats_x: torch.Tensor, gate: torch.Tensor | None, valid: torch.Tensor | None = None):
     """Gradients of :func:`norm_linear_forward`: ``(dx, dw, db, dW, dbias)`` (``dbias`` None without a bias)."""
     B, D = offsets.shape[0] - 1, x2d.shape[1]
     N = W.shape[0]
@@ -325,7 +337,8 @@ def norm_linear_backward(grad: torch.Tensor, x2d: torch.Tensor, offsets: np.ndar
     dW = torch.empty(N, D, dtype=x2d.dtype)
     dv = torch.empty(2 * D + N, dtype=x2d.dtype)
     dw, db, dbias = dv[:D], dv[D:2 * D], dv[2 * D:]
-    rc = _lib(x2d.dtype).normlinear_backward(_gemm(x2d.dtype), _ptr(g), _ptr(x2d), _ptr(offsets), B, D, N, _ptr(w),
+    rc = _lib(x2d.dtype).normlinear_backward(_gemm(x2d.dtype), _ptr(g), _ptr(x2d), _ptr(offsets), _opt(valid), B, D,
+                                             N, _ptr(w),
                                              _ptr(b), _ptr(W), int(has_bias), int(flags), _ptr(stats_x), _opt(gate),
                                              _ptr(gbuf), _ptr(dx), _ptr(dW), _ptr(dbias), _ptr(dw), _ptr(db))
     if rc:

@@ -329,18 +329,23 @@ static int make_tiles(const int64_t *off, int64_t B, int64_t max_rows, tiles_t *
 }
 
 /* Mean and centered sum of squares of rows [T, D] (for the exact per-set combination below). */
-static void moments(const REAL *p, int64_t rows, int64_t D, double *mean, double *m2, double *count) {
+static void moments(const REAL *p, const uint8_t *v, int64_t rows, int64_t D, double *mean, double *m2,
+                    double *count) {
     double s = 0.0;
+    int64_t nv = 0;
     for (int64_t r = 0; r < rows; r++) {
+        if (v && !v[r]) continue;
+        nv++;
         REAL acc = 0;
 #pragma omp simd reduction(+ : acc)
         for (int64_t d = 0; d < D; d++) acc += p[r * D + d];
         s += acc;
     }
-    const double n = (double)(rows * D), m = rows ? s / n : 0.0;
+    const double n = (double)(nv * D), m = nv ? s / n : 0.0;
     const REAL mr = (REAL)m;
     double q = 0.0;
     for (int64_t r = 0; r < rows; r++) {
+        if (v && !v[r]) continue;
         REAL acc = 0;
 #pragma omp simd reduction(+ : acc)
         for (int64_t d = 0; d < D; d++) {
@@ -422,7 +427,7 @@ int dsblock_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B, i
         if (!have_st_x) {
 #pragma omp for schedule(static)
             for (int64_t c = 0; c < nt; c++)
-                moments(x + tl.start[c] * D, tl.end[c] - tl.start[c], D, tm + c, tm + nt + c, tm + 2 * nt + c);
+                moments(x + tl.start[c] * D, NULL, tl.end[c] - tl.start[c], D, tm + c, tm + nt + c, tm + 2 * nt + c);
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) finish_stats(&tl, tm, b, D, eps, w1, b1, st_x, B, A1, S1);
         } else {
@@ -434,7 +439,7 @@ int dsblock_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B, i
             const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, b = tl.set[c];
             norm_relu(x + r0 * D, rows, D, A1 + b * D, S1 + b * D, h);
             mm_nt(gemm, rows, D, D, h, W1, 0, t + r0 * D);
-            moments(t + r0 * D, rows, D, tm + c, tm + nt + c, tm + 2 * nt + c);
+            moments(t + r0 * D, NULL, rows, D, tm + c, tm + nt + c, tm + 2 * nt + c);
         }
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) finish_stats(&tl, tm, b, D, eps, w2, b2, st_t, B, A2, S2);
@@ -444,7 +449,7 @@ int dsblock_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B, i
             norm_relu(t + r0 * D, rows, D, A2 + b * D, S2 + b * D, h);
             memcpy(out + r0 * D, x + r0 * D, sizeof(REAL) * (size_t)(rows * D));
             mm_nt(gemm, rows, D, D, h, W2, 1, out + r0 * D);
-            moments(out + r0 * D, rows, D, tm + c, tm + nt + c, tm + 2 * nt + c);
+            moments(out + r0 * D, NULL, rows, D, tm + c, tm + nt + c, tm + 2 * nt + c);
         }
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) { /* statistics of out, for the next block */
@@ -471,13 +476,17 @@ int dsblock_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B, i
 /* Gated gradient of one tile of a set norm + ReLU, in place: g = g where x a + s > 0, else 0; adds the tile's
  * per-feature sums of g and g x to C and P. */
 static void gate_sums(REAL *g, const REAL *x, int64_t rows, int64_t D, const REAL *a, const REAL *s, double *C,
-                      double *P, REAL *accC, REAL *accP) {
+                      double *P, REAL *accC, REAL *accP, const uint8_t *v) {
     for (int64_t r0 = 0; r0 < rows; r0 += ROWS) { /* float partial sums over at most ROWS rows, then double */
         const int64_t r1 = r0 + ROWS < rows ? r0 + ROWS : rows;
         for (int64_t d = 0; d < D; d++) accC[d] = accP[d] = 0;
         for (int64_t r = r0; r < r1; r++) {
             REAL *gr = g + r * D;
             const REAL *xr = x + r * D;
+            if (v && !v[r]) { /* padding: no gradient through the norm */
+                for (int64_t d = 0; d < D; d++) gr[d] = 0;
+                continue;
+            }
 #pragma omp simd
             for (int64_t d = 0; d < D; d++) {
                 const REAL v = xr[d] * a[d] + s[d];
@@ -496,9 +505,11 @@ static void gate_sums(REAL *g, const REAL *x, int64_t rows, int64_t D, const REA
 
 /* Per set: from the tiles' sums C, P (of the gated gradient G), dx = G a + k x + k0; adds to dw, db. */
 static void norm_grad_coeffs(const tiles_t *tl, const double *tC, const double *tP, const int64_t *off, int64_t B,
-                             int64_t D, const double *st, const REAL *w, REAL *K, double *dw, double *db) {
+                             int64_t D, const double *st, const REAL *w, REAL *K, double *dw, double *db,
+                             const int64_t *nvalid) {
     for (int64_t b = 0; b < B; b++) {
-        const double mean = st[b], rstd = st[B + b], count = (double)((off[b + 1] - off[b]) * D);
+        const double mean = st[b], rstd = st[B + b];
+        const double count = (double)((nvalid ? nvalid[b] : off[b + 1] - off[b]) * D);
         double m1 = 0.0, m2 = 0.0;
         for (int64_t d = 0; d < D; d++) {
             double Cb = 0.0, Pb = 0.0;
@@ -551,10 +562,10 @@ int dsblock_backward(gemm_t gemm, const REAL *G, const REAL *x, const REAL *t, c
             norm_relu(t + r0 * D, rows, D, A2 + b * D, S2 + b * D, h);
             mm_tn(gemm, D, D, rows, G + r0 * D, h, 1, aW2);
             mm_nn(gemm, rows, D, D, G + r0 * D, W2, 0, gbuf + r0 * D);
-            gate_sums(gbuf + r0 * D, t + r0 * D, rows, D, A2 + b * D, S2 + b * D, tC + c * D, tP + c * D, accC, accP);
+            gate_sums(gbuf + r0 * D, t + r0 * D, rows, D, A2 + b * D, S2 + b * D, tC + c * D, tP + c * D, accC, accP, NULL);
         }
 #pragma omp single
-        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_t, w2, K2, sw2, sb2);
+        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_t, w2, K2, sw2, sb2, NULL);
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < nt; c++) { /* first layer: dt from g2, dW1 += dt^T h1, g1 = gate(dt W1) */
             const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, b = tl.set[c];
@@ -569,10 +580,10 @@ int dsblock_backward(gemm_t gemm, const REAL *G, const REAL *x, const REAL *t, c
             norm_relu(x + r0 * D, rows, D, A1 + b * D, S1 + b * D, h);
             mm_tn(gemm, D, D, rows, dt, h, 1, aW1);
             mm_nn(gemm, rows, D, D, dt, W1, 0, gbuf + r0 * D);
-            gate_sums(gbuf + r0 * D, x + r0 * D, rows, D, A1 + b * D, S1 + b * D, tC + c * D, tP + c * D, accC, accP);
+            gate_sums(gbuf + r0 * D, x + r0 * D, rows, D, A1 + b * D, S1 + b * D, tC + c * D, tP + c * D, accC, accP, NULL);
         }
 #pragma omp single
-        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_x, w1, K1, sw1, sb1);
+        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_x, w1, K1, sw1, sb1, NULL);
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < nt; c++) { /* dx = g1 a1 + k x + k0 + G (the clean path) */
             const int64_t b = tl.set[c];
@@ -619,8 +630,17 @@ int dsblock_backward(gemm_t gemm, const REAL *G, const REAL *x, const REAL *t, c
 #define NL_RELU_IN 1
 #define NL_RELU_OUT 2
 #define NL_RESIDUAL 4
+#define VROW(r) (valid ? valid + (r) : NULL) /* validity of the rows from row r on */
 
-static void norm_apply(const REAL *x, int64_t rows, int64_t D, const REAL *a, const REAL *s, int relu, REAL *h) {
+static void norm_apply(const REAL *x, int64_t rows, int64_t D, const REAL *a, const REAL *s, int relu, REAL *h,
+                       const uint8_t *v) {
+    if (v) { /* padded rows normalize to zero */
+        for (int64_t r = 0; r < rows; r++) {
+            if (v[r]) norm_apply(x + r * D, 1, D, a, s, relu, h + r * D, NULL);
+            else memset(h + r * D, 0, sizeof(REAL) * (size_t)D);
+        }
+        return;
+    }
     if (relu) {
         norm_relu(x, rows, D, a, s, h);
         return;
@@ -631,9 +651,9 @@ static void norm_apply(const REAL *x, int64_t rows, int64_t D, const REAL *a, co
     }
 }
 
-int normlinear_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B, int64_t D, int64_t N,
-                       const REAL *w, const REAL *b, const REAL *W, const REAL *bias, double eps, int flags,
-                       double *st_x, int have_st_x, REAL *y, uint8_t *gate, double *st_y) {
+int normlinear_forward(gemm_t gemm, const REAL *x, const int64_t *off, const uint8_t *valid, int64_t B, int64_t D,
+                       int64_t N, const REAL *w, const REAL *b, const REAL *W, const REAL *bias, double eps,
+                       int flags, double *st_x, int have_st_x, REAL *y, uint8_t *gate, double *st_y) {
     tiles_t tl;
     if (make_tiles(off, B, tile_rows(D > N ? D : N), &tl)) return -1;
     const int64_t nt = tl.n, TR = tl.rows_max;
@@ -649,7 +669,7 @@ int normlinear_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B
         if (!have_st_x) {
 #pragma omp for schedule(static)
             for (int64_t c = 0; c < nt; c++)
-                moments(x + tl.start[c] * D, tl.end[c] - tl.start[c], D, tm + c, tm + nt + c, tm + 2 * nt + c);
+                moments(x + tl.start[c] * D, VROW(tl.start[c]), tl.end[c] - tl.start[c], D, tm + c, tm + nt + c, tm + 2 * nt + c);
 #pragma omp for schedule(static)
             for (int64_t bb = 0; bb < B; bb++) finish_stats(&tl, tm, bb, D, eps, w, b, st_x, B, A, S);
         } else {
@@ -660,7 +680,7 @@ int normlinear_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B
         for (int64_t c = 0; c < nt; c++) {
             const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, s = tl.set[c];
             REAL *yt = y + r0 * N;
-            norm_apply(x + r0 * D, rows, D, A + s * D, S + s * D, flags & NL_RELU_IN, h);
+            norm_apply(x + r0 * D, rows, D, A + s * D, S + s * D, flags & NL_RELU_IN, h, VROW(r0));
             if (bias) {
                 for (int64_t r = 0; r < rows; r++) memcpy(yt + r * N, bias, sizeof(REAL) * (size_t)N);
             } else {
@@ -679,7 +699,7 @@ int normlinear_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B
                 const REAL *xt = x + r0 * D;
 #pragma omp simd
                 for (int64_t i = 0; i < rows * N; i++) yt[i] += xt[i];
-                if (st_y) moments(yt, rows, N, tm + c, tm + nt + c, tm + 2 * nt + c);
+                if (st_y) moments(yt, VROW(r0), rows, N, tm + c, tm + nt + c, tm + 2 * nt + c);
             }
         }
         if ((flags & NL_RESIDUAL) && st_y) {
@@ -707,13 +727,18 @@ int normlinear_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B
 }
 
 /* Per-feature sums of g and g x over a tile (no gate). */
-static void plain_sums(const REAL *g, const REAL *x, int64_t rows, int64_t D, double *C, double *P, REAL *accC,
-                       REAL *accP) {
+static void plain_sums(REAL *g, const REAL *x, int64_t rows, int64_t D, double *C, double *P, REAL *accC,
+                       REAL *accP, const uint8_t *v) {
     for (int64_t r0 = 0; r0 < rows; r0 += ROWS) {
         const int64_t r1 = r0 + ROWS < rows ? r0 + ROWS : rows;
         for (int64_t d = 0; d < D; d++) accC[d] = accP[d] = 0;
         for (int64_t r = r0; r < r1; r++) {
-            const REAL *gr = g + r * D, *xr = x + r * D;
+            REAL *gr = g + r * D;
+            const REAL *xr = x + r * D;
+            if (v && !v[r]) { /* padding: no gradient through the norm */
+                for (int64_t d = 0; d < D; d++) gr[d] = 0;
+                continue;
+            }
 #pragma omp simd
             for (int64_t d = 0; d < D; d++) {
                 accC[d] += gr[d];
@@ -729,8 +754,8 @@ static void plain_sums(const REAL *g, const REAL *x, int64_t rows, int64_t D, do
 
 /* Backward of normlinear_forward from G = dL/dy [T, N]. gate: as written by the forward (needed with
  * NL_RELU_OUT). gbuf: scratch [T, D]. Writes dx [T, D], dW [N, D], dbias [N] (if bias), dw, db [D]. */
-int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t *off, int64_t B, int64_t D,
-                        int64_t N, const REAL *w, const REAL *b, const REAL *W, int has_bias, int flags,
+int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t *off, const uint8_t *valid,
+                        int64_t B, int64_t D, int64_t N, const REAL *w, const REAL *b, const REAL *W, int has_bias, int flags,
                         const double *st_x, const uint8_t *gate, REAL *gbuf, REAL *dx, REAL *dW, REAL *dbias,
                         REAL *dw, REAL *db) {
     tiles_t tl;
@@ -743,10 +768,14 @@ int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t
     REAL *AS = malloc(sizeof(REAL) * (size_t)(2 * B * D + 2 * B + 1));
     REAL *buf = malloc(sizeof(REAL) * (size_t)(nthr * per + 1));
     REAL *acc = calloc((size_t)(nthr * N * D + 1), sizeof(REAL));
-    if (!sums || !dbs || !AS || !buf || !acc) {
-        free(tl.set); free(sums); free(dbs); free(AS); free(buf); free(acc);
+    int64_t *nvalid = valid ? calloc((size_t)(B + 1), sizeof(int64_t)) : NULL;
+    if (!sums || !dbs || !AS || !buf || !acc || (valid && !nvalid)) {
+        free(tl.set); free(sums); free(dbs); free(AS); free(buf); free(acc); free(nvalid);
         return -1;
     }
+    if (valid)
+        for (int64_t bb = 0; bb < B; bb++)
+            for (int64_t r = off[bb]; r < off[bb + 1]; r++) nvalid[bb] += valid[r] != 0;
     double *tC = sums, *tP = tC + nt * D, *sw = tP + nt * D, *sb = sw + D;
     REAL *A = AS, *S = A + B * D, *K = S + B * D;
     scale_shift(st_x, B, D, w, b, A, S);
@@ -777,16 +806,17 @@ int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t
                     for (int64_t j = 0; j < N; j++) tb[j] += accB[j];
                 }
             }
-            norm_apply(x + r0 * D, rows, D, A + s * D, S + s * D, relu_in, h);
+            norm_apply(x + r0 * D, rows, D, A + s * D, S + s * D, relu_in, h, VROW(r0));
             mm_tn(gemm, N, D, rows, Gt, h, 1, aW);                      /* dW += dz^T h */
             mm_nn(gemm, rows, D, N, Gt, W, 0, gbuf + r0 * D);            /* dh = dz W */
             if (relu_in)
-                gate_sums(gbuf + r0 * D, x + r0 * D, rows, D, A + s * D, S + s * D, tC + c * D, tP + c * D, accC, accP);
+                gate_sums(gbuf + r0 * D, x + r0 * D, rows, D, A + s * D, S + s * D, tC + c * D, tP + c * D, accC, accP,
+                          VROW(r0));
             else
-                plain_sums(gbuf + r0 * D, x + r0 * D, rows, D, tC + c * D, tP + c * D, accC, accP);
+                plain_sums(gbuf + r0 * D, x + r0 * D, rows, D, tC + c * D, tP + c * D, accC, accP, VROW(r0));
         }
 #pragma omp single
-        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_x, w, K, sw, sb);
+        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_x, w, K, sw, sb, nvalid);
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < nt; c++) {
             const int64_t s = tl.set[c];
@@ -794,7 +824,9 @@ int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t
             for (int64_t r = tl.start[c]; r < tl.end[c]; r++) {
                 const REAL *gr = gbuf + r * D, *xr = x + r * D;
                 REAL *o = dx + r * D;
-                if (flags & NL_RESIDUAL) {
+                if (valid && !valid[r]) { /* padding: only the residual path */
+                    for (int64_t d = 0; d < D; d++) o[d] = (flags & NL_RESIDUAL) ? G[r * N + d] : 0;
+                } else if (flags & NL_RESIDUAL) {
                     const REAL *Gr = G + r * N;
 #pragma omp simd
                     for (int64_t d = 0; d < D; d++) o[d] = gr[d] * a[d] + xr[d] * k + k0 + Gr[d];
@@ -827,5 +859,6 @@ int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t
     free(AS);
     free(buf);
     free(acc);
+    free(nvalid);
     return 0;
 }
