@@ -14,6 +14,9 @@ What is measured, in one process, interleaved so that a change in machine load h
   backward). Norms, activations, pooling and the optimizer are not counted.
 - ``gflops_per_s = useful_gflop / step_s``; ``gemm_gflops_per_s = replayed FLOPs / gemm_s``. Their ratio is the
   share of the machine's matmul speed the model turns into useful work (1.0 = as fast as its matmuls alone).
+  The recording runs under a dispatch mode, where the layer-level CPU kernels (:mod:`deepsets.nn.fused`) step
+  aside, so the replay runs each product over all rows as one ``torch.mm``. Those kernels run the same products
+  in cache-sized tiles of rows, which can be faster than the replay: the ratio can then exceed 1.
 - with ``--precision bf16-mixed`` / ``16-mixed``: also ``gemm_amp_gflops_per_s``, the same replay in the
   autocast dtype, and ``ratio_amp`` against it (the fp32 ``ratio`` then compares with a slower baseline).
 - with ``--compile [MODE]``: the step runs the ``torch.compile``-d model (``mode=MODE``, e.g. ``reduce-overhead``

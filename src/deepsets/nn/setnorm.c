@@ -18,31 +18,65 @@
 
 #define ROWS 32 /* rows per chunk: 32 x 128 x 4 bytes = 16 KiB, both passes of a chunk stay in L1/L2 */
 
-typedef struct {
-    int64_t n, *set, *start, *end, *first; /* first[b]: index of the first chunk of set b; first[B] = n */
-} chunks_t;
+typedef struct { /* first[b]: index of the first tile of set b; first[B] = n */
+    int64_t n, rows_max, *set, *start, *end, *first;
+} tiles_t;
 
-/* Split every set into chunks of at most ROWS rows; a chunk never spans two sets. */
-static int make_chunks(const int64_t *off, int64_t B, chunks_t *c) {
+/* Cut every set into tiles of at most max_rows rows, of balanced sizes; a tile never spans two sets. */
+static int make_tiles(const int64_t *off, int64_t B, int64_t max_rows, tiles_t *t) {
     int64_t n = 0, i = 0;
-    for (int64_t b = 0; b < B; b++) n += (off[b + 1] - off[b] + ROWS - 1) / ROWS;
-    c->n = n;
-    c->set = malloc(sizeof(int64_t) * (size_t)(3 * n + B + 1));
-    if (!c->set) return -1;
-    c->start = c->set + n;
-    c->end = c->start + n;
-    c->first = c->end + n;
-    c->first[B] = n;
+    for (int64_t b = 0; b < B; b++) n += (off[b + 1] - off[b] + max_rows - 1) / max_rows;
+    t->n = n;
+    t->rows_max = max_rows;
+    t->set = malloc(sizeof(int64_t) * (size_t)(3 * n + B + 1));
+    if (!t->set) return -1;
+    t->start = t->set + n;
+    t->end = t->start + n;
+    t->first = t->end + n;
+    t->first[B] = n;
     for (int64_t b = 0; b < B; b++) {
-        c->first[b] = i;
-        for (int64_t r = off[b]; r < off[b + 1]; r += ROWS) {
-            c->set[i] = b;
-            c->start[i] = r;
-            c->end[i] = r + ROWS < off[b + 1] ? r + ROWS : off[b + 1];
-            i++;
+        const int64_t rows = off[b + 1] - off[b], k = (rows + max_rows - 1) / max_rows;
+        t->first[b] = i;
+        for (int64_t j = 0; j < k; j++, i++) {
+            t->set[i] = b;
+            t->start[i] = off[b] + rows * j / k;
+            t->end[i] = off[b] + rows * (j + 1) / k;
         }
     }
     return 0;
+}
+
+/* Mean and sum of squares about it of rows [rows, D] (rows with v[r] == 0 left out), for an exact per-set
+ * combination (Chan et al.); the squares are taken about the rounded mean, then corrected to the exact one. */
+static void moments(const REAL *p, const uint8_t *v, int64_t rows, int64_t D, double *mean, double *m2,
+                    double *count) {
+    double s = 0.0;
+    int64_t nv = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        if (v && !v[r]) continue;
+        nv++;
+        REAL acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t d = 0; d < D; d++) acc += p[r * D + d];
+        s += acc;
+    }
+    const double n = (double)(nv * D), m = nv ? s / n : 0.0;
+    const REAL mr = (REAL)m;
+    double q = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        if (v && !v[r]) continue;
+        REAL acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t d = 0; d < D; d++) {
+            const REAL dv = p[r * D + d] - mr;
+            acc += dv * dv;
+        }
+        q += acc;
+    }
+    const double dm = m - (double)mr;
+    *mean = m;
+    *m2 = q - n * dm * dm;
+    *count = n;
 }
 
 /* y = (x - mean_b) * rstd_b * w + b (then ReLU), mean/rstd per set written to mean[], rstd[].
@@ -50,8 +84,8 @@ static int make_chunks(const int64_t *off, int64_t B, chunks_t *c) {
 int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, const uint8_t *valid, int64_t B, int64_t D,
                     const REAL *w, const REAL *bias, double eps, int relu, double *mean, double *rstd,
                     REAL *copy) {
-    chunks_t ch;
-    if (make_chunks(off, B, &ch)) return -1;
+    tiles_t ch;
+    if (make_tiles(off, B, ROWS, &ch)) return -1;
     const int64_t nc = ch.n;
     double *cmean = malloc(sizeof(double) * (size_t)(3 * nc + 1));
     REAL *A = malloc(sizeof(REAL) * (size_t)(2 * B * D + 1));
@@ -66,35 +100,8 @@ int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, const uint8_t *v
         const int64_t c0 = first[b], c1 = first[b + 1];
 #pragma omp for schedule(static)
         for (int64_t c = c0; c < c1; c++) { /* chunk moments: mean, then squares about it */
-            const REAL *p = x + ch.start[c] * D;
-            const int64_t rows = ch.end[c] - ch.start[c];
-            int64_t nv = 0;
-            double s = 0.0;
-            for (int64_t r = 0; r < rows; r++) {
-                if (!ROW_OK(ch.start[c] + r)) continue;
-                nv++;
-                REAL acc = 0;
-#pragma omp simd reduction(+ : acc)
-                for (int64_t d = 0; d < D; d++) acc += p[r * D + d];
-                s += acc;
-            }
-            const double n = (double)(nv * D), m = nv ? s / n : 0.0;
-            const REAL mr = (REAL)m;
-            double q = 0.0;
-            for (int64_t r = 0; r < rows; r++) {
-                if (!ROW_OK(ch.start[c] + r)) continue;
-                REAL acc = 0;
-#pragma omp simd reduction(+ : acc)
-                for (int64_t d = 0; d < D; d++) {
-                    const REAL t = p[r * D + d] - mr;
-                    acc += t * t;
-                }
-                q += acc;
-            }
-            const double dm = m - (double)mr;
-            cmean[c] = m;
-            cm2[c] = q - n * dm * dm; /* squares about m, not about its rounding mr */
-            ccount[c] = n;
+            moments(x + ch.start[c] * D, valid ? valid + ch.start[c] : NULL, ch.end[c] - ch.start[c], D, cmean + c,
+                    cm2 + c, ccount + c);
         }
 #pragma omp single
         { /* exact pairwise combination of the set's chunks (Chan et al.) */
@@ -153,8 +160,8 @@ int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, const uint8_t *v
 int setnorm_backward(const REAL *g, int relu, const REAL *x, const int64_t *off, const uint8_t *valid,
                      int64_t B, int64_t D, const REAL *w, const REAL *bias, const double *mean, const double *rstd,
                      const REAL *gskip, REAL *dx, REAL *dw, REAL *db) {
-    chunks_t ch;
-    if (make_chunks(off, B, &ch)) return -1;
+    tiles_t ch;
+    if (make_tiles(off, B, ROWS, &ch)) return -1;
     const int64_t nc = ch.n;
     REAL *cC = calloc((size_t)(2 * nc * D + 1), sizeof(REAL));
     double *C = calloc((size_t)(2 * B * D + 2 * D + 1), sizeof(double)); /* C, P per set; then dw, db sums */
@@ -300,70 +307,9 @@ static void mm_tn(gemm_t f, int64_t M, int64_t N, int64_t K, const REAL *A, cons
     if (K > 0) f("N", "T", &N, &M, &K, &one, B, &N, A, &M, &beta, C, &N);
 }
 
-typedef struct {
-    int64_t n, rows_max, *set, *start, *end, *first;
-} tiles_t;
-
-/* Cut every set into tiles of at most max_rows rows, of balanced sizes. */
-static int make_tiles(const int64_t *off, int64_t B, int64_t max_rows, tiles_t *t) {
-    int64_t n = 0, i = 0;
-    for (int64_t b = 0; b < B; b++) n += (off[b + 1] - off[b] + max_rows - 1) / max_rows;
-    t->n = n;
-    t->rows_max = max_rows;
-    t->set = malloc(sizeof(int64_t) * (size_t)(3 * n + B + 1));
-    if (!t->set) return -1;
-    t->start = t->set + n;
-    t->end = t->start + n;
-    t->first = t->end + n;
-    t->first[B] = n;
-    for (int64_t b = 0; b < B; b++) {
-        const int64_t rows = off[b + 1] - off[b], k = (rows + max_rows - 1) / max_rows;
-        t->first[b] = i;
-        for (int64_t j = 0; j < k; j++, i++) {
-            t->set[i] = b;
-            t->start[i] = off[b] + rows * j / k;
-            t->end[i] = off[b] + rows * (j + 1) / k;
-        }
-    }
-    return 0;
-}
-
-/* Mean and centered sum of squares of rows [T, D] (for the exact per-set combination below). */
-static void moments(const REAL *p, const uint8_t *v, int64_t rows, int64_t D, double *mean, double *m2,
-                    double *count) {
-    double s = 0.0;
-    int64_t nv = 0;
-    for (int64_t r = 0; r < rows; r++) {
-        if (v && !v[r]) continue;
-        nv++;
-        REAL acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t d = 0; d < D; d++) acc += p[r * D + d];
-        s += acc;
-    }
-    const double n = (double)(nv * D), m = nv ? s / n : 0.0;
-    const REAL mr = (REAL)m;
-    double q = 0.0;
-    for (int64_t r = 0; r < rows; r++) {
-        if (v && !v[r]) continue;
-        REAL acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t d = 0; d < D; d++) {
-            const REAL v = p[r * D + d] - mr;
-            acc += v * v;
-        }
-        q += acc;
-    }
-    const double dm = m - (double)mr;
-    *mean = m;
-    *m2 = q - n * dm * dm;
-    *count = n;
-}
-
-/* Combine the moments of a set's tiles (Chan et al.) into its mean and rstd, and the per-feature scale and
- * shift a = rstd w, s = bias - mean rstd w that the forward applies (the backward recomputes them alike). */
-static void finish_stats(const tiles_t *t, const double *tm, int64_t b, int64_t D, double eps, const REAL *w,
-                         const REAL *bias, double *st, int64_t B, REAL *A, REAL *S) {
+/* Combine the moments of set b's tiles (tm: means, centered sums of squares, counts; Chan et al.) into its mean
+ * st[b] and rstd st[B + b]. */
+static void combine_stats(const tiles_t *t, const double *tm, int64_t b, double eps, double *st, int64_t B) {
     const int64_t nt = t->n;
     double n = 0.0, mu = 0.0, m2 = 0.0;
     for (int64_t c = t->first[b]; c < t->first[b + 1]; c++) {
@@ -376,9 +322,16 @@ static void finish_stats(const tiles_t *t, const double *tm, int64_t b, int64_t 
     const double var = n > 0 ? (m2 > 0 ? m2 : 0.0) / n : 0.0;
     st[b] = mu;
     st[B + b] = 1.0 / sqrt(var + eps);
+}
+
+/* combine_stats, then the per-feature scale and shift a = rstd w, s = bias - mean rstd w that the forward
+ * applies to set b (the backward recomputes them alike). */
+static void finish_stats(const tiles_t *t, const double *tm, int64_t b, int64_t D, double eps, const REAL *w,
+                         const REAL *bias, double *st, int64_t B, REAL *A, REAL *S) {
+    combine_stats(t, tm, b, eps, st, B);
     for (int64_t d = 0; d < D; d++) {
         A[b * D + d] = (REAL)(st[B + b] * w[d]);
-        S[b * D + d] = (REAL)(bias[d] - mu * st[B + b] * w[d]);
+        S[b * D + d] = (REAL)(bias[d] - st[b] * st[B + b] * w[d]);
     }
 }
 
@@ -388,6 +341,24 @@ static void scale_shift(const double *st, int64_t B, int64_t D, const REAL *w, c
             A[b * D + d] = (REAL)(st[B + b] * w[d]);
             S[b * D + d] = (REAL)(bias[d] - st[b] * st[B + b] * w[d]);
         }
+}
+
+/* Called inside a parallel region: the statistics st (mean, rstd per set) of the rows x (computed into st from
+ * the tiles' moments, tm: scratch [3 * tiles], unless have), then the scale and shift A, S of the norm (w, b). */
+static void input_stats(const tiles_t *tl, const REAL *x, const uint8_t *valid, int64_t B, int64_t D, double eps,
+                        const REAL *w, const REAL *b, double *st, int have, double *tm, REAL *A, REAL *S) {
+    const int64_t nt = tl->n;
+    if (!have) {
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < nt; c++)
+            moments(x + tl->start[c] * D, valid ? valid + tl->start[c] : NULL, tl->end[c] - tl->start[c], D, tm + c,
+                    tm + nt + c, tm + 2 * nt + c);
+#pragma omp for schedule(static)
+        for (int64_t bb = 0; bb < B; bb++) finish_stats(tl, tm, bb, D, eps, w, b, st, B, A, S);
+    } else {
+#pragma omp single
+        scale_shift(st, B, D, w, b, A, S);
+    }
 }
 
 /* h = relu(x a + s) for a tile's rows */
@@ -424,16 +395,7 @@ int dsblock_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B, i
 #pragma omp parallel num_threads(nthr)
     {
         REAL *h = buf + (int64_t)omp_get_thread_num() * TR * D;
-        if (!have_st_x) {
-#pragma omp for schedule(static)
-            for (int64_t c = 0; c < nt; c++)
-                moments(x + tl.start[c] * D, NULL, tl.end[c] - tl.start[c], D, tm + c, tm + nt + c, tm + 2 * nt + c);
-#pragma omp for schedule(static)
-            for (int64_t b = 0; b < B; b++) finish_stats(&tl, tm, b, D, eps, w1, b1, st_x, B, A1, S1);
-        } else {
-#pragma omp single
-            scale_shift(st_x, B, D, w1, b1, A1, S1);
-        }
+        input_stats(&tl, x, NULL, B, D, eps, w1, b1, st_x, have_st_x, tm, A1, S1);
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < nt; c++) { /* t = W1 relu(SN1(x)), and its moments */
             const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, b = tl.set[c];
@@ -452,19 +414,7 @@ int dsblock_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B, i
             moments(out + r0 * D, NULL, rows, D, tm + c, tm + nt + c, tm + 2 * nt + c);
         }
 #pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; b++) { /* statistics of out, for the next block */
-            double n = 0.0, mu = 0.0, m2 = 0.0;
-            for (int64_t c = tl.first[b]; c < tl.first[b + 1]; c++) {
-                const double nb = tm[2 * nt + c], delta = tm[c] - mu, tot = n + nb;
-                if (nb == 0) continue;
-                mu += delta * nb / tot;
-                m2 += tm[nt + c] + delta * delta * n * nb / tot;
-                n = tot;
-            }
-            const double var = n > 0 ? (m2 > 0 ? m2 : 0.0) / n : 0.0;
-            st_out[b] = mu;
-            st_out[B + b] = 1.0 / sqrt(var + eps);
-        }
+        for (int64_t b = 0; b < B; b++) combine_stats(&tl, tm, b, eps, st_out, B); /* for the next block */
     }
     free(tl.set);
     free(tm);
@@ -473,11 +423,12 @@ int dsblock_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B, i
     return 0;
 }
 
-/* Gated gradient of one tile of a set norm + ReLU, in place: g = g where x a + s > 0, else 0; adds the tile's
- * per-feature sums of g and g x to C and P. */
-static void gate_sums(REAL *g, const REAL *x, int64_t rows, int64_t D, const REAL *a, const REAL *s, double *C,
+/* Per-feature sums of g and g x over one tile's rows, added to C and P (float partial sums over at most ROWS rows,
+ * then double). With a (the ReLU after the norm; s its shift), g is first gated in place: g = g where x a + s > 0,
+ * else 0. Padded rows (v[r] == 0) get g = 0 and are left out. */
+static void grad_sums(REAL *g, const REAL *x, int64_t rows, int64_t D, const REAL *a, const REAL *s, double *C,
                       double *P, REAL *accC, REAL *accP, const uint8_t *v) {
-    for (int64_t r0 = 0; r0 < rows; r0 += ROWS) { /* float partial sums over at most ROWS rows, then double */
+    for (int64_t r0 = 0; r0 < rows; r0 += ROWS) {
         const int64_t r1 = r0 + ROWS < rows ? r0 + ROWS : rows;
         for (int64_t d = 0; d < D; d++) accC[d] = accP[d] = 0;
         for (int64_t r = r0; r < r1; r++) {
@@ -487,13 +438,21 @@ static void gate_sums(REAL *g, const REAL *x, int64_t rows, int64_t D, const REA
                 for (int64_t d = 0; d < D; d++) gr[d] = 0;
                 continue;
             }
+            if (a) {
 #pragma omp simd
-            for (int64_t d = 0; d < D; d++) {
-                const REAL v = xr[d] * a[d] + s[d];
-                const REAL gv = v > 0 ? gr[d] : 0;
-                gr[d] = gv;
-                accC[d] += gv;
-                accP[d] += gv * xr[d];
+                for (int64_t d = 0; d < D; d++) {
+                    const REAL pre = xr[d] * a[d] + s[d];
+                    const REAL gv = pre > 0 ? gr[d] : 0;
+                    gr[d] = gv;
+                    accC[d] += gv;
+                    accP[d] += gv * xr[d];
+                }
+            } else {
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++) {
+                    accC[d] += gr[d];
+                    accP[d] += gr[d] * xr[d];
+                }
             }
         }
         for (int64_t d = 0; d < D; d++) {
@@ -562,7 +521,7 @@ int dsblock_backward(gemm_t gemm, const REAL *G, const REAL *x, const REAL *t, c
             norm_relu(t + r0 * D, rows, D, A2 + b * D, S2 + b * D, h);
             mm_tn(gemm, D, D, rows, G + r0 * D, h, 1, aW2);
             mm_nn(gemm, rows, D, D, G + r0 * D, W2, 0, gbuf + r0 * D);
-            gate_sums(gbuf + r0 * D, t + r0 * D, rows, D, A2 + b * D, S2 + b * D, tC + c * D, tP + c * D, accC, accP, NULL);
+            grad_sums(gbuf + r0 * D, t + r0 * D, rows, D, A2 + b * D, S2 + b * D, tC + c * D, tP + c * D, accC, accP, NULL);
         }
 #pragma omp single
         norm_grad_coeffs(&tl, tC, tP, off, B, D, st_t, w2, K2, sw2, sb2, NULL);
@@ -580,7 +539,7 @@ int dsblock_backward(gemm_t gemm, const REAL *G, const REAL *x, const REAL *t, c
             norm_relu(x + r0 * D, rows, D, A1 + b * D, S1 + b * D, h);
             mm_tn(gemm, D, D, rows, dt, h, 1, aW1);
             mm_nn(gemm, rows, D, D, dt, W1, 0, gbuf + r0 * D);
-            gate_sums(gbuf + r0 * D, x + r0 * D, rows, D, A1 + b * D, S1 + b * D, tC + c * D, tP + c * D, accC, accP, NULL);
+            grad_sums(gbuf + r0 * D, x + r0 * D, rows, D, A1 + b * D, S1 + b * D, tC + c * D, tP + c * D, accC, accP, NULL);
         }
 #pragma omp single
         norm_grad_coeffs(&tl, tC, tP, off, B, D, st_x, w1, K1, sw1, sb1, NULL);
@@ -666,16 +625,7 @@ int normlinear_forward(gemm_t gemm, const REAL *x, const int64_t *off, const uin
 #pragma omp parallel num_threads(nthr)
     {
         REAL *h = buf + (int64_t)omp_get_thread_num() * TR * D;
-        if (!have_st_x) {
-#pragma omp for schedule(static)
-            for (int64_t c = 0; c < nt; c++)
-                moments(x + tl.start[c] * D, VROW(tl.start[c]), tl.end[c] - tl.start[c], D, tm + c, tm + nt + c, tm + 2 * nt + c);
-#pragma omp for schedule(static)
-            for (int64_t bb = 0; bb < B; bb++) finish_stats(&tl, tm, bb, D, eps, w, b, st_x, B, A, S);
-        } else {
-#pragma omp single
-            scale_shift(st_x, B, D, w, b, A, S);
-        }
+        input_stats(&tl, x, valid, B, D, eps, w, b, st_x, have_st_x, tm, A, S);
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < nt; c++) {
             const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, s = tl.set[c];
@@ -704,19 +654,7 @@ int normlinear_forward(gemm_t gemm, const REAL *x, const int64_t *off, const uin
         }
         if ((flags & NL_RESIDUAL) && st_y) {
 #pragma omp for schedule(static)
-            for (int64_t bb = 0; bb < B; bb++) {
-                double n = 0.0, mu = 0.0, m2 = 0.0;
-                for (int64_t c = tl.first[bb]; c < tl.first[bb + 1]; c++) {
-                    const double nb = tm[2 * nt + c], delta = tm[c] - mu, tot = n + nb;
-                    if (nb == 0) continue;
-                    mu += delta * nb / tot;
-                    m2 += tm[nt + c] + delta * delta * n * nb / tot;
-                    n = tot;
-                }
-                const double var = n > 0 ? (m2 > 0 ? m2 : 0.0) / n : 0.0;
-                st_y[bb] = mu;
-                st_y[B + bb] = 1.0 / sqrt(var + eps);
-            }
+            for (int64_t bb = 0; bb < B; bb++) combine_stats(&tl, tm, bb, eps, st_y, B);
         }
     }
     free(tl.set);
@@ -724,32 +662,6 @@ int normlinear_forward(gemm_t gemm, const REAL *x, const int64_t *off, const uin
     free(AS);
     free(buf);
     return 0;
-}
-
-/* Per-feature sums of g and g x over a tile (no gate). */
-static void plain_sums(REAL *g, const REAL *x, int64_t rows, int64_t D, double *C, double *P, REAL *accC,
-                       REAL *accP, const uint8_t *v) {
-    for (int64_t r0 = 0; r0 < rows; r0 += ROWS) {
-        const int64_t r1 = r0 + ROWS < rows ? r0 + ROWS : rows;
-        for (int64_t d = 0; d < D; d++) accC[d] = accP[d] = 0;
-        for (int64_t r = r0; r < r1; r++) {
-            REAL *gr = g + r * D;
-            const REAL *xr = x + r * D;
-            if (v && !v[r]) { /* padding: no gradient through the norm */
-                for (int64_t d = 0; d < D; d++) gr[d] = 0;
-                continue;
-            }
-#pragma omp simd
-            for (int64_t d = 0; d < D; d++) {
-                accC[d] += gr[d];
-                accP[d] += gr[d] * xr[d];
-            }
-        }
-        for (int64_t d = 0; d < D; d++) {
-            C[d] += accC[d];
-            P[d] += accP[d];
-        }
-    }
 }
 
 /* Backward of normlinear_forward from G = dL/dy [T, N]. gate: as written by the forward (needed with
@@ -809,11 +721,8 @@ int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t
             norm_apply(x + r0 * D, rows, D, A + s * D, S + s * D, relu_in, h, VROW(r0));
             mm_tn(gemm, N, D, rows, Gt, h, 1, aW);                      /* dW += dz^T h */
             mm_nn(gemm, rows, D, N, Gt, W, 0, gbuf + r0 * D);            /* dh = dz W */
-            if (relu_in)
-                gate_sums(gbuf + r0 * D, x + r0 * D, rows, D, A + s * D, S + s * D, tC + c * D, tP + c * D, accC, accP,
-                          VROW(r0));
-            else
-                plain_sums(gbuf + r0 * D, x + r0 * D, rows, D, tC + c * D, tP + c * D, accC, accP, VROW(r0));
+            grad_sums(gbuf + r0 * D, x + r0 * D, rows, D, relu_in ? A + s * D : NULL, S + s * D, tC + c * D,
+                      tP + c * D, accC, accP, VROW(r0));
         }
 #pragma omp single
         norm_grad_coeffs(&tl, tC, tP, off, B, D, st_x, w, K, sw, sb, nvalid);
