@@ -21,11 +21,13 @@ from .norms import plain_set_norm
 RELU_IN, RELU_OUT, RESIDUAL = kernels.RELU_IN, kernels.RELU_OUT, kernels.RESIDUAL
 
 
-def applies(x: Tensor, mask, params, padded: bool = False) -> bool:
-    """Whether the layer-level kernels may run on ``x`` (with ``mask``) and parameters ``params``; ``padded``:
-    the caller also handles padded ``[B, N, D]`` with a bool mask."""
+def applies(x: Tensor, mask, params, set_norms, padded: bool = False) -> bool:
+    """Whether the layer-level kernels may run on ``x`` (with ``mask``), parameters ``params`` and the set norms
+    ``set_norms`` they fuse; ``padded``: the caller also handles padded ``[B, N, D]`` with a bool mask."""
     if not kernels.blocks_enabled():
         return False
+    if not all(isinstance(n, norms.SetNorm) and n.eps == norms.EPS for n in set_norms):
+        return False  # statistics pass from layer to layer as (mean, rstd): every fused norm has the same eps
     if not (mask is None and x.dim() == 3 or isinstance(mask, PackedSets) and x.dim() == 2
             or padded and isinstance(mask, Tensor) and mask.dtype == torch.bool and x.dim() == 3):
         return False

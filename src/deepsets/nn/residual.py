@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from . import fused, kernels
 from .attention import RESIDUALS
 from .masking import zero_padding
-from .norms import SetNorm, make_norm, norm_with_skip, plain_set_norm, resolve_choice
+from .norms import make_norm, norm_with_skip, plain_set_norm, resolve_choice
 
 
 class DeepSetsBlock(nn.Module):
@@ -56,8 +56,8 @@ class DeepSetsBlock(nn.Module):
         return (out if self.fc1.bias is None else zero_padding(out, mask)), None
 
     def _fused_applies(self, x: Tensor, mask) -> bool:
-        return (self.residual == "clean" and self.fc1.bias is None and isinstance(self.norm1, SetNorm)
-                and isinstance(self.norm2, SetNorm) and fused.applies(x, mask, self.parameters()))
+        return (self.residual == "clean" and self.fc1.bias is None
+                and fused.applies(x, mask, self.parameters(), (self.norm1, self.norm2)))
 
 
 class _FusedCleanBlock(torch.autograd.Function):
