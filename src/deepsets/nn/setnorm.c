@@ -7,8 +7,10 @@
  * OpenMP: the library links the OpenMP runtime PyTorch already loaded, so it runs on PyTorch's threads.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifndef REAL
 #define REAL float
@@ -153,6 +155,85 @@ int setnorm_forward(const REAL *x, REAL *y, const int64_t *off, const uint8_t *v
     return 0;
 }
 
+/* Per-feature sums of G and G x over one chunk's rows, added to C and P (float partial sums over at most ROWS rows,
+ * then double). With a (the ReLU after the norm; s its shift), G = g where x a + s > 0, else 0; without, G = g.
+ * Padded rows (v[r] == 0) are left out. gated (optional, may be g itself) receives G, 0 in padded rows. */
+static void grad_sums(const REAL *g, REAL *gated, const REAL *x, int64_t rows, int64_t D, const REAL *a,
+                      const REAL *s, double *C, double *P, REAL *accC, REAL *accP, const uint8_t *v) {
+    for (int64_t r0 = 0; r0 < rows; r0 += ROWS) {
+        const int64_t r1 = r0 + ROWS < rows ? r0 + ROWS : rows;
+        for (int64_t d = 0; d < D; d++) accC[d] = accP[d] = 0;
+        for (int64_t r = r0; r < r1; r++) {
+            const REAL *gr = g + r * D, *xr = x + r * D;
+            REAL *out = gated ? gated + r * D : NULL;
+            if (v && !v[r]) { /* padding: no gradient through the norm */
+                if (out)
+                    for (int64_t d = 0; d < D; d++) out[d] = 0;
+                continue;
+            }
+            if (a && out) {
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++) {
+                    const REAL gv = xr[d] * a[d] + s[d] > 0 ? gr[d] : 0;
+                    out[d] = gv;
+                    accC[d] += gv;
+                    accP[d] += gv * xr[d];
+                }
+            } else if (a) {
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++) {
+                    const REAL gv = xr[d] * a[d] + s[d] > 0 ? gr[d] : 0;
+                    accC[d] += gv;
+                    accP[d] += gv * xr[d];
+                }
+            } else {
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++) {
+                    accC[d] += gr[d];
+                    accP[d] += gr[d] * xr[d];
+                }
+            }
+        }
+        for (int64_t d = 0; d < D; d++) {
+            C[d] += accC[d];
+            P[d] += accP[d];
+        }
+    }
+}
+
+/* Set b, with nrows valid rows: from its chunks' sums C, P of the gated gradient G (tC, tP: [chunks, D]), the
+ * coefficients of dx = G a + k x + k0 (K[2b] = k, K[2b + 1] = k0); adds sum_n G xhat to dw and sum_n G to db. */
+static void set_grad_coeffs(const tiles_t *tl, const double *tC, const double *tP, int64_t b, int64_t D,
+                            int64_t nrows, double mean, double rstd, const REAL *w, REAL *K, double *dw, double *db) {
+    const double count = (double)(nrows * D);
+    double m1 = 0.0, m2 = 0.0;
+    for (int64_t d = 0; d < D; d++) {
+        double Cb = 0.0, Pb = 0.0;
+        for (int64_t c = tl->first[b]; c < tl->first[b + 1]; c++) {
+            Cb += tC[c * D + d];
+            Pb += tP[c * D + d];
+        }
+        const double ph = (Pb - mean * Cb) * rstd; /* sum_n G xhat */
+        dw[d] += ph;
+        db[d] += Cb;
+        m1 += w[d] * Cb;
+        m2 += w[d] * ph;
+    }
+    m1 /= count > 0 ? count : 1.0;
+    m2 /= count > 0 ? count : 1.0;
+    const double k = -rstd * rstd * m2;
+    K[2 * b] = (REAL)k;
+    K[2 * b + 1] = (REAL)(-rstd * m1 - k * mean);
+}
+
+/* Number of valid rows of set b. */
+static int64_t set_rows(const int64_t *off, const uint8_t *valid, int64_t b) {
+    if (!valid) return off[b + 1] - off[b];
+    int64_t n = 0;
+    for (int64_t r = off[b]; r < off[b + 1]; r++) n += valid[r] != 0;
+    return n;
+}
+
 /* Gradients of setnorm_forward. With relu, G = g where the forward's pre-activation x a + s was > 0 (recomputed
  * from x with the same per-set a = rstd w, s = bias - mean rstd w as the forward: no read of the output), else
  * G = g. dx = G rstd w + k_b x + c_b (+ gskip, the gradient of the forward's copy, if given) from the per-set,
@@ -163,13 +244,13 @@ int setnorm_backward(const REAL *g, int relu, const REAL *x, const int64_t *off,
     tiles_t ch;
     if (make_tiles(off, B, ROWS, &ch)) return -1;
     const int64_t nc = ch.n;
-    REAL *cC = calloc((size_t)(2 * nc * D + 1), sizeof(REAL));
-    double *C = calloc((size_t)(2 * B * D + 2 * D + 1), sizeof(double)); /* C, P per set; then dw, db sums */
+    const int nthr = omp_get_max_threads();
+    double *cC = calloc((size_t)(2 * nc * D + 2 * D + 1), sizeof(double)); /* C, P per chunk; then dw, db sums */
     REAL *A = malloc(sizeof(REAL) * (size_t)(2 * B * D + 2 * B + 1));
-    if (!cC || !C || !A) { free(ch.set); free(cC); free(C); free(A); return -1; }
-    REAL *cP = cC + nc * D;
-    double *P = C + B * D, *sw = P + B * D, *sb = sw + D;
-    REAL *S = A + B * D, *K = S + B * D, *K0 = K + B;
+    REAL *acc = malloc(sizeof(REAL) * (size_t)(nthr * 2 * D + 1));
+    if (!cC || !A || !acc) { free(ch.set); free(cC); free(A); free(acc); return -1; }
+    double *cP = cC + nc * D, *sw = cP + nc * D, *sb = sw + D;
+    REAL *S = A + B * D, *K = S + B * D;
 
     /* the forward's per-set scale and shift, computed exactly as it did (same roundings) */
     for (int64_t b = 0; b < B; b++)
@@ -178,62 +259,18 @@ int setnorm_backward(const REAL *g, int relu, const REAL *x, const int64_t *off,
             S[b * D + d] = (REAL)(bias[d] - mean[b] * rstd[b] * w[d]);
         }
     /* Set by set, so that the second pass finds each thread's chunks of the set still in its cache. */
-#pragma omp parallel
+#pragma omp parallel num_threads(nthr)
     for (int64_t b = 0; b < B; b++) {
         const int64_t c0 = ch.first[b], c1 = ch.first[b + 1];
+        REAL *accC = acc + (int64_t)omp_get_thread_num() * 2 * D, *accP = accC + D;
 #pragma omp for schedule(static)
-        for (int64_t c = c0; c < c1; c++) { /* per chunk: sums of G and of G x over its rows, per feature */
-            REAL *accC = cC + c * D, *accP = cP + c * D;
-            const REAL *a = A + ch.set[c] * D, *sh = S + ch.set[c] * D;
-            for (int64_t r = ch.start[c]; r < ch.end[c]; r++) {
-                if (!ROW_OK(r)) continue;
-                const REAL *gr = g + r * D, *xr = x + r * D;
-                if (relu) {
-#pragma omp simd
-                    for (int64_t d = 0; d < D; d++) {
-                        const REAL v = xr[d] * a[d] + sh[d];
-                        const REAL gv = v > 0 ? gr[d] : 0;
-                        accC[d] += gv;
-                        accP[d] += gv * xr[d];
-                    }
-                } else {
-#pragma omp simd
-                    for (int64_t d = 0; d < D; d++) {
-                        accC[d] += gr[d];
-                        accP[d] += gr[d] * xr[d];
-                    }
-                }
-            }
-        }
+        for (int64_t c = c0; c < c1; c++) /* per chunk: sums of G and of G x over its rows, per feature */
+            grad_sums(g + ch.start[c] * D, NULL, x + ch.start[c] * D, ch.end[c] - ch.start[c], D,
+                      relu ? A + b * D : NULL, S + b * D, cC + c * D, cP + c * D, accC, accP,
+                      valid ? valid + ch.start[c] : NULL);
 #pragma omp single
-        {
-            double *Cb = C + b * D, *Pb = P + b * D;
-            for (int64_t c = c0; c < c1; c++)
-                for (int64_t d = 0; d < D; d++) {
-                    Cb[d] += cC[c * D + d];
-                    Pb[d] += cP[c * D + d];
-                }
-            int64_t nrows = off[b + 1] - off[b];
-            if (valid) {
-                nrows = 0;
-                for (int64_t r = off[b]; r < off[b + 1]; r++) nrows += valid[r] != 0;
-            }
-            const double count = (double)(nrows * D);
-            double m1 = 0.0, m2 = 0.0;
-            for (int64_t d = 0; d < D; d++) {
-                const double ph = (Pb[d] - mean[b] * Cb[d]) * rstd[b]; /* sum_n G xhat */
-                sw[d] += ph;
-                sb[d] += Cb[d];
-                m1 += w[d] * Cb[d];
-                m2 += w[d] * ph;
-            }
-            m1 /= count > 0 ? count : 1.0;
-            m2 /= count > 0 ? count : 1.0;
-            const double k = -rstd[b] * rstd[b] * m2;
-            K[b] = (REAL)k;
-            K0[b] = (REAL)(-rstd[b] * m1 - k * mean[b]);
-        }
-        const REAL *a = A + b * D, *sh = S + b * D, k = K[b], k0 = K0[b];
+        set_grad_coeffs(&ch, cC, cP, b, D, set_rows(off, valid, b), mean[b], rstd[b], w, K, sw, sb);
+        const REAL *a = A + b * D, *sh = S + b * D, k = K[2 * b], k0 = K[2 * b + 1];
 #pragma omp for schedule(static)
         for (int64_t c = c0; c < c1; c++) {
             for (int64_t r = ch.start[c]; r < ch.end[c]; r++) {
@@ -269,8 +306,8 @@ int setnorm_backward(const REAL *g, int relu, const REAL *x, const int64_t *off,
     }
     free(ch.set);
     free(cC);
-    free(C);
     free(A);
+    free(acc);
     return 0;
 }
 
@@ -284,8 +321,6 @@ int setnorm_backward(const REAL *g, int relu, const REAL *x, const int64_t *off,
  * routine ?gemm_ (Fortran interface) of the library PyTorch uses; its integer arguments are passed as pointers
  * to int64 values, which read the same under LP64 and ILP64 on little-endian machines.
  * ---------------------------------------------------------------------------------------------------------- */
-#include <omp.h>
-#include <string.h>
 
 typedef void (*gemm_t)(const char *, const char *, const int64_t *, const int64_t *, const int64_t *, const REAL *,
                        const REAL *, const int64_t *, const REAL *, const int64_t *, const REAL *, REAL *,
@@ -423,73 +458,6 @@ int dsblock_forward(gemm_t gemm, const REAL *x, const int64_t *off, int64_t B, i
     return 0;
 }
 
-/* Per-feature sums of g and g x over one tile's rows, added to C and P (float partial sums over at most ROWS rows,
- * then double). With a (the ReLU after the norm; s its shift), g is first gated in place: g = g where x a + s > 0,
- * else 0. Padded rows (v[r] == 0) get g = 0 and are left out. */
-static void grad_sums(REAL *g, const REAL *x, int64_t rows, int64_t D, const REAL *a, const REAL *s, double *C,
-                      double *P, REAL *accC, REAL *accP, const uint8_t *v) {
-    for (int64_t r0 = 0; r0 < rows; r0 += ROWS) {
-        const int64_t r1 = r0 + ROWS < rows ? r0 + ROWS : rows;
-        for (int64_t d = 0; d < D; d++) accC[d] = accP[d] = 0;
-        for (int64_t r = r0; r < r1; r++) {
-            REAL *gr = g + r * D;
-            const REAL *xr = x + r * D;
-            if (v && !v[r]) { /* padding: no gradient through the norm */
-                for (int64_t d = 0; d < D; d++) gr[d] = 0;
-                continue;
-            }
-            if (a) {
-#pragma omp simd
-                for (int64_t d = 0; d < D; d++) {
-                    const REAL pre = xr[d] * a[d] + s[d];
-                    const REAL gv = pre > 0 ? gr[d] : 0;
-                    gr[d] = gv;
-                    accC[d] += gv;
-                    accP[d] += gv * xr[d];
-                }
-            } else {
-#pragma omp simd
-                for (int64_t d = 0; d < D; d++) {
-                    accC[d] += gr[d];
-                    accP[d] += gr[d] * xr[d];
-                }
-            }
-        }
-        for (int64_t d = 0; d < D; d++) {
-            C[d] += accC[d];
-            P[d] += accP[d];
-        }
-    }
-}
-
-/* Per set: from the tiles' sums C, P (of the gated gradient G), dx = G a + k x + k0; adds to dw, db. */
-static void norm_grad_coeffs(const tiles_t *tl, const double *tC, const double *tP, const int64_t *off, int64_t B,
-                             int64_t D, const double *st, const REAL *w, REAL *K, double *dw, double *db,
-                             const int64_t *nvalid) {
-    for (int64_t b = 0; b < B; b++) {
-        const double mean = st[b], rstd = st[B + b];
-        const double count = (double)((nvalid ? nvalid[b] : off[b + 1] - off[b]) * D);
-        double m1 = 0.0, m2 = 0.0;
-        for (int64_t d = 0; d < D; d++) {
-            double Cb = 0.0, Pb = 0.0;
-            for (int64_t c = tl->first[b]; c < tl->first[b + 1]; c++) {
-                Cb += tC[c * D + d];
-                Pb += tP[c * D + d];
-            }
-            const double ph = (Pb - mean * Cb) * rstd; /* sum_n G xhat */
-            dw[d] += ph;
-            db[d] += Cb;
-            m1 += w[d] * Cb;
-            m2 += w[d] * ph;
-        }
-        m1 /= count > 0 ? count : 1.0;
-        m2 /= count > 0 ? count : 1.0;
-        const double k = -rstd * rstd * m2;
-        K[2 * b] = (REAL)k;
-        K[2 * b + 1] = (REAL)(-rstd * m1 - k * mean);
-    }
-}
-
 /* Backward of dsblock_forward, from the gradient G of out. gbuf: scratch [T, D]. Writes dx and the gradients
  * of the six parameters (dW1, dW2 [D, D]; dw1, db1, dw2, db2 [D]). */
 int dsblock_backward(gemm_t gemm, const REAL *G, const REAL *x, const REAL *t, const int64_t *off, int64_t B,
@@ -521,10 +489,12 @@ int dsblock_backward(gemm_t gemm, const REAL *G, const REAL *x, const REAL *t, c
             norm_relu(t + r0 * D, rows, D, A2 + b * D, S2 + b * D, h);
             mm_tn(gemm, D, D, rows, G + r0 * D, h, 1, aW2);
             mm_nn(gemm, rows, D, D, G + r0 * D, W2, 0, gbuf + r0 * D);
-            grad_sums(gbuf + r0 * D, t + r0 * D, rows, D, A2 + b * D, S2 + b * D, tC + c * D, tP + c * D, accC, accP, NULL);
+            grad_sums(gbuf + r0 * D, gbuf + r0 * D, t + r0 * D, rows, D, A2 + b * D, S2 + b * D, tC + c * D,
+                      tP + c * D, accC, accP, NULL);
         }
 #pragma omp single
-        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_t, w2, K2, sw2, sb2, NULL);
+        for (int64_t b = 0; b < B; b++)
+            set_grad_coeffs(&tl, tC, tP, b, D, off[b + 1] - off[b], st_t[b], st_t[B + b], w2, K2, sw2, sb2);
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < nt; c++) { /* first layer: dt from g2, dW1 += dt^T h1, g1 = gate(dt W1) */
             const int64_t r0 = tl.start[c], rows = tl.end[c] - r0, b = tl.set[c];
@@ -539,10 +509,12 @@ int dsblock_backward(gemm_t gemm, const REAL *G, const REAL *x, const REAL *t, c
             norm_relu(x + r0 * D, rows, D, A1 + b * D, S1 + b * D, h);
             mm_tn(gemm, D, D, rows, dt, h, 1, aW1);
             mm_nn(gemm, rows, D, D, dt, W1, 0, gbuf + r0 * D);
-            grad_sums(gbuf + r0 * D, x + r0 * D, rows, D, A1 + b * D, S1 + b * D, tC + c * D, tP + c * D, accC, accP, NULL);
+            grad_sums(gbuf + r0 * D, gbuf + r0 * D, x + r0 * D, rows, D, A1 + b * D, S1 + b * D, tC + c * D,
+                      tP + c * D, accC, accP, NULL);
         }
 #pragma omp single
-        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_x, w1, K1, sw1, sb1, NULL);
+        for (int64_t b = 0; b < B; b++)
+            set_grad_coeffs(&tl, tC, tP, b, D, off[b + 1] - off[b], st_x[b], st_x[B + b], w1, K1, sw1, sb1);
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < nt; c++) { /* dx = g1 a1 + k x + k0 + G (the clean path) */
             const int64_t b = tl.set[c];
@@ -667,8 +639,8 @@ int normlinear_forward(gemm_t gemm, const REAL *x, const int64_t *off, const uin
 /* Backward of normlinear_forward from G = dL/dy [T, N]. gate: as written by the forward (needed with
  * NL_RELU_OUT). gbuf: scratch [T, D]. Writes dx [T, D], dW [N, D], dbias [N] (if bias), dw, db [D]. */
 int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t *off, const uint8_t *valid,
-                        int64_t B, int64_t D, int64_t N, const REAL *w, const REAL *b, const REAL *W, int has_bias, int flags,
-                        const double *st_x, const uint8_t *gate, REAL *gbuf, REAL *dx, REAL *dW, REAL *dbias,
+                        int64_t B, int64_t D, int64_t N, const REAL *w, const REAL *b, const REAL *W, int has_bias,
+                        int flags, const double *st_x, const uint8_t *gate, REAL *gbuf, REAL *dx, REAL *dW, REAL *dbias,
                         REAL *dw, REAL *db) {
     tiles_t tl;
     if (make_tiles(off, B, tile_rows(D > N ? D : N), &tl)) return -1;
@@ -680,14 +652,10 @@ int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t
     REAL *AS = malloc(sizeof(REAL) * (size_t)(2 * B * D + 2 * B + 1));
     REAL *buf = malloc(sizeof(REAL) * (size_t)(nthr * per + 1));
     REAL *acc = calloc((size_t)(nthr * N * D + 1), sizeof(REAL));
-    int64_t *nvalid = valid ? calloc((size_t)(B + 1), sizeof(int64_t)) : NULL;
-    if (!sums || !dbs || !AS || !buf || !acc || (valid && !nvalid)) {
-        free(tl.set); free(sums); free(dbs); free(AS); free(buf); free(acc); free(nvalid);
+    if (!sums || !dbs || !AS || !buf || !acc) {
+        free(tl.set); free(sums); free(dbs); free(AS); free(buf); free(acc);
         return -1;
     }
-    if (valid)
-        for (int64_t bb = 0; bb < B; bb++)
-            for (int64_t r = off[bb]; r < off[bb + 1]; r++) nvalid[bb] += valid[r] != 0;
     double *tC = sums, *tP = tC + nt * D, *sw = tP + nt * D, *sb = sw + D;
     REAL *A = AS, *S = A + B * D, *K = S + B * D;
     scale_shift(st_x, B, D, w, b, A, S);
@@ -721,11 +689,12 @@ int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t
             norm_apply(x + r0 * D, rows, D, A + s * D, S + s * D, relu_in, h, VROW(r0));
             mm_tn(gemm, N, D, rows, Gt, h, 1, aW);                      /* dW += dz^T h */
             mm_nn(gemm, rows, D, N, Gt, W, 0, gbuf + r0 * D);            /* dh = dz W */
-            grad_sums(gbuf + r0 * D, x + r0 * D, rows, D, relu_in ? A + s * D : NULL, S + s * D, tC + c * D,
-                      tP + c * D, accC, accP, VROW(r0));
+            grad_sums(gbuf + r0 * D, gbuf + r0 * D, x + r0 * D, rows, D, relu_in ? A + s * D : NULL, S + s * D,
+                      tC + c * D, tP + c * D, accC, accP, VROW(r0));
         }
 #pragma omp single
-        norm_grad_coeffs(&tl, tC, tP, off, B, D, st_x, w, K, sw, sb, nvalid);
+        for (int64_t bb = 0; bb < B; bb++)
+            set_grad_coeffs(&tl, tC, tP, bb, D, set_rows(off, valid, bb), st_x[bb], st_x[B + bb], w, K, sw, sb);
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < nt; c++) {
             const int64_t s = tl.set[c];
@@ -768,6 +737,5 @@ int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t
     free(AS);
     free(buf);
     free(acc);
-    free(nvalid);
     return 0;
 }
