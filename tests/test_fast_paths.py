@@ -345,13 +345,15 @@ def test_fused_block_statistics_chain_through_a_stack(monkeypatch):
 
 def test_fused_block_gradcheck_and_double_backward():
     _needs_block()
+    from deepsets.nn import fused
+
     blk = _block(6, seed=3)
     mask = torch.zeros(3, 9, dtype=torch.bool)
     mask[0, :9], mask[1, :4], mask[2, :1] = True, True, True
     sets = PackedSets(mask)
     x = torch.randn(int(mask.sum()), 6, dtype=torch.float64, requires_grad=True)
     params = _block_params(blk)
-    f = lambda x, *p: dnn.residual._FusedCleanBlock.apply(x, None, 1e-5, sets, *p)[0]  # noqa: E731
+    f = lambda x, *p: fused._FusedCleanBlock.apply(x, None, 1e-5, sets, *p)[0]  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, *params))
     assert torch.autograd.gradgradcheck(f, (x, *params))
 

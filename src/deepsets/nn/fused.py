@@ -4,8 +4,9 @@ The kernels (:mod:`deepsets.nn.kernels`, ``setnorm.c``) cut the rows into tiles,
 buffer that stays in the cache and multiply it there with the BLAS routine PyTorch itself uses, so normalized
 activations never go to memory (the backward pass recomputes them). They also return the per-set statistics
 of what they write where the next layer normalizes it, which saves that layer a pass. They take over only
-where they compute exactly what the plain layers compute: float32/float64 on CPU, unpadded ``[B, N, D]`` or
-packed rows, no autocast, and not under tracing or a dispatch mode (``deepsets bench`` counts FLOPs with one).
+where they compute exactly what the plain layers compute: float32/float64 on CPU, unpadded ``[B, N, D]``, packed
+rows, or (where the caller masks its output) padded ``[B, N, D]`` with a bool mask; no autocast, and not under
+tracing or a dispatch mode (``deepsets bench`` counts FLOPs with one).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import kernels, norms
 from .masking import PackedSets
-from .norms import plain_set_norm
+from .norms import grads_through, plain_set_norm
 
 RELU_IN, RELU_OUT, RESIDUAL = kernels.RELU_IN, kernels.RELU_OUT, kernels.RESIDUAL
 
@@ -71,12 +72,7 @@ class _NormLinear(torch.autograd.Function):
     def backward(ctx, grad, *_stats_grads):
         x, st_x, gate, w, b, W, bias = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: the same layer in plain differentiable ops
-            args = (x, w, b, W, bias)
-            inputs = [v for v in args if v is not None and v.requires_grad]
-            with torch.enable_grad():
-                y = reference(x, w, b, W, bias, ctx.eps, ctx.flags, ctx.sets)
-                found = iter(torch.autograd.grad(y, inputs, grad, create_graph=True, allow_unused=True))
-            grads = [next(found) if v is not None and v.requires_grad else None for v in args]
+            grads = grads_through(lambda *a: reference(*a, ctx.eps, ctx.flags, ctx.sets), (x, w, b, W, bias), grad)
         else:
             D = x.shape[-1]
             dx, dw, db, dW, dbias = kernels.norm_linear_backward(grad.reshape(-1, W.shape[0]), x.view(-1, D),
@@ -103,3 +99,51 @@ def norm_linear(x: Tensor, sets, stats: Tensor | None, norm: nn.Module, fc: nn.L
     Returns ``(y, stats of x)``, plus the statistics of ``y`` with ``want_stats``. Check :func:`applies` first.
     """
     return _NormLinear.apply(x, stats, sets, norm.eps, flags, want_stats, norm.weight, norm.bias, fc.weight, fc.bias)
+
+
+# --- a whole clean-path Deep Sets++ block ------------------------------------------------------------------------
+
+class _FusedCleanBlock(torch.autograd.Function):
+    """A whole clean-path block ``x + W2 relu(SN2(W1 relu(SN1(x))))`` on the fused CPU kernel
+    (:func:`deepsets.nn.kernels.ds_block_forward`), with its hand-written backward. Returns ``(out, stats)``;
+    ``stats`` (per-set mean and rstd of ``out``) is not differentiable: its dependence on ``out`` is part of the
+    next block's backward. A differentiated backward (``create_graph=True``) goes through plain ops."""
+
+    @staticmethod
+    def forward(ctx, x, stats, eps, sets, w1, b1, W1, w2, b2, W2):
+        D = x.shape[-1]
+        offsets = set_offsets(x, sets)
+        params = tuple(p.contiguous() for p in (w1, b1, W1, w2, b2, W2))
+        out, t, st_x, st_t, st_out = kernels.ds_block_forward(x.view(-1, D), offsets, params, eps, stats)
+        ctx.save_for_backward(x, t, st_x, st_t, *params)
+        ctx.mark_non_differentiable(st_out)
+        ctx.eps, ctx.sets, ctx.offsets = eps, sets, offsets
+        return out.view(x.shape), st_out
+
+    @staticmethod
+    def backward(ctx, grad, _grad_stats):
+        x, t, st_x, st_t, *params = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: the same block in plain differentiable ops
+            grads = grads_through(lambda *a: clean_block_reference(*a, ctx.eps, ctx.sets), (x, *params), grad)
+        else:
+            D = x.shape[-1]
+            dx, *pgrads = kernels.ds_block_backward(grad.reshape(-1, D), x.view(-1, D), t, ctx.offsets, params,
+                                                    st_x, st_t)
+            grads = [dx.view(x.shape), *pgrads]
+        return grads[0], None, None, None, *grads[1:]
+
+
+def clean_block_reference(x, w1, b1, W1, w2, b2, W2, eps, sets):
+    """The clean-path block in plain PyTorch ops (what :class:`_FusedCleanBlock` computes)."""
+    r = plain_set_norm(x, w1, b1, eps, True, sets)
+    h = plain_set_norm(F.linear(r, W1), w2, b2, eps, True, sets)
+    return x + F.linear(h, W2)
+
+
+def clean_block(x: Tensor, sets, stats: Tensor | None, norm1: nn.Module, fc1: nn.Linear, norm2: nn.Module,
+                fc2: nn.Linear):
+    """``(x + fc2(relu(norm2(fc1(relu(norm1(x)))))), stats of the output)`` in one kernel call (bias-free
+    linear layers, set norms with the library's eps). ``sets``: None or a :class:`PackedSets`; ``stats``: those of
+    ``x`` if known, else None. Check :func:`applies` first."""
+    return _FusedCleanBlock.apply(x, stats, norm1.eps, sets, norm1.weight, norm1.bias, fc1.weight, norm2.weight,
+                                  norm2.bias, fc2.weight)

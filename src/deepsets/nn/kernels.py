@@ -58,8 +58,8 @@ def enabled() -> bool:
 
 
 def blocks_enabled() -> bool:
-    """Whether the fused Deep Sets++ block kernel may be used: off with ``DEEPSETS_KERNELS=0`` or ``=norm``
-    (set-norm kernels only)."""
+    """Whether the layer-level kernels may be used: off with ``DEEPSETS_KERNELS=0`` or ``=norm`` (set-norm kernels
+    only)."""
     return os.environ.get("DEEPSETS_KERNELS", "1") not in ("0", "norm")
 
 
@@ -206,7 +206,7 @@ def set_norm_backward(grad: torch.Tensor, relu: bool, x2d: torch.Tensor, offsets
     return dx, dw, db
 
 
-# --- fused clean-path Deep Sets++ block (setnorm.c: dsblock_forward / dsblock_backward) -------------------------
+# --- layer-level kernels: the BLAS routine they call ------------------------------------------------------------
 
 _GEMM: dict[torch.dtype, int | None] = {}
 _GEMM_NAMES = {torch.float32: "sgemm_", torch.float64: "dgemm_"}
@@ -256,8 +256,11 @@ def _gemm_agrees(addr: int, dtype: torch.dtype) -> bool:
 
 
 def block_applies(x: torch.Tensor) -> bool:
-    """Whether :func:`ds_block_forward` handles ``x`` (the set-norm kernels apply and the BLAS routine was found)."""
+    """Whether the layer-level kernels handle ``x`` (the set-norm kernels apply and the BLAS routine was found)."""
     return applies(x) and _gemm(x.dtype) is not None
+
+
+# --- a whole clean-path Deep Sets++ block (setnorm.c: dsblock_forward / dsblock_backward) -------------------------
 
 
 def ds_block_forward(x2d: torch.Tensor, offsets: np.ndarray, params, eps: float, stats_x: torch.Tensor | None):
@@ -319,9 +322,8 @@ def norm_linear_forward(x2d: torch.Tensor, offsets: np.ndarray, w, b, W, bias, e
     y = torch.empty(x2d.shape[0], N, dtype=x2d.dtype)
     gate = torch.empty(x2d.shape[0], N, dtype=torch.uint8) if flags & RELU_OUT else None
     rc = _lib(x2d.dtype).normlinear_forward(_gemm(x2d.dtype), _ptr(x2d), _ptr(offsets), _opt(valid), B, D, N,
-                                            _ptr(w), _ptr(b),
-                                            _ptr(W), _opt(bias), float(eps), int(flags), _ptr(st_x), int(have),
-                                            _ptr(y), _opt(gate), _opt(st_y))
+                                            _ptr(w), _ptr(b), _ptr(W), _opt(bias), float(eps), int(flags),
+                                            _ptr(st_x), int(have), _ptr(y), _opt(gate), _opt(st_y))
     if rc:
         raise MemoryError("set norm + linear kernel: out of memory")
     return y, gate, st_x, st_y
@@ -338,9 +340,9 @@ def norm_linear_backward(grad: torch.Tensor, x2d: torch.Tensor, offsets: np.ndar
     dv = torch.empty(2 * D + N, dtype=x2d.dtype)
     dw, db, dbias = dv[:D], dv[D:2 * D], dv[2 * D:]
     rc = _lib(x2d.dtype).normlinear_backward(_gemm(x2d.dtype), _ptr(g), _ptr(x2d), _ptr(offsets), _opt(valid), B, D,
-                                             N, _ptr(w),
-                                             _ptr(b), _ptr(W), int(has_bias), int(flags), _ptr(stats_x), _opt(gate),
-                                             _ptr(gbuf), _ptr(dx), _ptr(dW), _ptr(dbias), _ptr(dw), _ptr(db))
+                                             N, _ptr(w), _ptr(b), _ptr(W), int(has_bias), int(flags), _ptr(stats_x),
+                                             _opt(gate), _ptr(gbuf), _ptr(dx), _ptr(dW), _ptr(dbias), _ptr(dw),
+                                             _ptr(db))
     if rc:
         raise MemoryError("set norm + linear kernel: out of memory")
     return dx, dw, db, dW, (dbias if has_bias else None)

@@ -99,7 +99,7 @@ class _SetNormFunction(torch.autograd.Function):
     :class:`PackedSets` (``x`` holds packed rows ``[T, D]``) or a bool mask ``[B, N]`` (padded ``x``; fused
     kernels only). ``use_kernels`` picks the fused C kernels (:mod:`deepsets.nn.kernels`) or PyTorch ops
     (:func:`_eager_forward`); both compute the same thing. A differentiated backward (``create_graph=True``)
-    goes through plain autograd ops instead (:func:`_reference_grads`), so higher-order gradients work.
+    goes through plain autograd ops instead (:func:`plain_set_norm`), so higher-order gradients work.
     """
 
     @staticmethod
@@ -120,7 +120,8 @@ class _SetNormFunction(torch.autograd.Function):
     def backward(ctx, grad, grad_copy=None):
         x, weight, bias, mean, rstd = ctx.saved_tensors[:5]
         if torch.is_grad_enabled():
-            dx, dw, db = _reference_grads(x, weight, bias, ctx.eps, ctx.relu, ctx.sets, grad)
+            dx, dw, db = grads_through(lambda *a: plain_set_norm(*a, ctx.eps, ctx.relu, ctx.sets), (x, weight, bias),
+                                       grad)
             if grad_copy is not None:
                 dx = dx + grad_copy.view(x.shape)
         elif ctx.use_kernels:
@@ -241,15 +242,14 @@ def plain_set_norm(x, weight, bias, eps, relu, sets):
     return ((F.relu(y) if relu else y) * v).reshape(shape)
 
 
-def _reference_grads(x, weight, bias, eps, relu, sets, grad):
-    """Gradients of set norm (+ ReLU) by autograd through plain ops, keeping the graph (double backward).
-
-    Used only when a backward pass is itself differentiated; ``sets`` as in :class:`_SetNormFunction`.
-    """
+def grads_through(fn, args, grad) -> list:
+    """Gradients of ``fn(*args)`` (weighted by ``grad``) for each of ``args`` that requires one (None for the
+    others), by autograd through ``fn``'s ops, keeping the graph: how the hand-written backward passes of the fused
+    functions are differentiated again (double backward)."""
+    inputs = [v for v in args if v is not None and v.requires_grad]
     with torch.enable_grad():
-        y = plain_set_norm(x, weight, bias, eps, relu, sets)
-        dx, dw, db = torch.autograd.grad(y, (x, weight, bias), grad, create_graph=True, allow_unused=True)
-    return dx, dw, db
+        found = iter(torch.autograd.grad(fn(*args), inputs, grad, create_graph=True, allow_unused=True))
+    return [next(found) if v is not None and v.requires_grad else None for v in args]
 
 
 def norm_with_skip(norm: nn.Module, x: Tensor, mask=None, relu: bool = False) -> tuple[Tensor, Tensor]:

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import fused, kernels
+from . import fused
 from .attention import RESIDUALS
 from .masking import zero_padding
-from .norms import make_norm, norm_with_skip, plain_set_norm, resolve_choice
+from .norms import make_norm, norm_with_skip, resolve_choice
 
 
 class DeepSetsBlock(nn.Module):
@@ -43,9 +43,7 @@ class DeepSetsBlock(nn.Module):
         saves it a pass over its input. Elsewhere the stats are ``None``, and ``stats`` must be those of ``x``
         or ``None``."""
         if self._fused_applies(x, mask):
-            params = (self.norm1.weight, self.norm1.bias, self.fc1.weight,
-                      self.norm2.weight, self.norm2.bias, self.fc2.weight)
-            return _FusedCleanBlock.apply(x, stats, self.norm1.eps, mask, *params)
+            return fused.clean_block(x, mask, stats, self.norm1, self.fc1, self.norm2, self.fc2)
         if self.residual == "clean":
             r, skip = norm_with_skip(self.norm1, x, mask, relu=True)  # norm and ReLU in one pass (+ copy of x)
             out = _add_linear(x, skip, self.norm2(self.fc1(r), mask, relu=True), self.fc2)  # x + W2 r
@@ -58,47 +56,6 @@ class DeepSetsBlock(nn.Module):
     def _fused_applies(self, x: Tensor, mask) -> bool:
         return (self.residual == "clean" and self.fc1.bias is None
                 and fused.applies(x, mask, self.parameters(), (self.norm1, self.norm2)))
-
-
-class _FusedCleanBlock(torch.autograd.Function):
-    """A whole clean-path block ``x + W2 relu(SN2(W1 relu(SN1(x))))`` on the fused CPU kernel
-    (:func:`deepsets.nn.kernels.ds_block_forward`), with its hand-written backward. Returns ``(out, stats)``;
-    ``stats`` (per-set mean and rstd of ``out``) is not differentiable: its dependence on ``out`` is part of the
-    next block's backward. A differentiated backward (``create_graph=True``) goes through plain ops."""
-
-    @staticmethod
-    def forward(ctx, x, stats, eps, sets, w1, b1, W1, w2, b2, W2):
-        D = x.shape[-1]
-        offsets = fused.set_offsets(x, sets)
-        params = tuple(p.contiguous() for p in (w1, b1, W1, w2, b2, W2))
-        out, t, st_x, st_t, st_out = kernels.ds_block_forward(x.view(-1, D), offsets, params, eps, stats)
-        ctx.save_for_backward(x, t, st_x, st_t, *params)
-        ctx.mark_non_differentiable(st_out)
-        ctx.eps, ctx.sets, ctx.offsets = eps, sets, offsets
-        return out.view(x.shape), st_out
-
-    @staticmethod
-    def backward(ctx, grad, _grad_stats):
-        x, t, st_x, st_t, *params = ctx.saved_tensors
-        if torch.is_grad_enabled():  # double backward: the same block in plain differentiable ops
-            inputs = [v for v in (x, *params) if v.requires_grad]
-            with torch.enable_grad():
-                out = _reference_block(x, *params, eps=ctx.eps, sets=ctx.sets)
-                found = iter(torch.autograd.grad(out, inputs, grad, create_graph=True, allow_unused=True))
-            grads = [next(found) if v.requires_grad else None for v in (x, *params)]
-        else:
-            D = x.shape[-1]
-            dx, *pgrads = kernels.ds_block_backward(grad.reshape(-1, D), x.view(-1, D), t, ctx.offsets, params,
-                                                    st_x, st_t)
-            grads = [dx.view(x.shape), *pgrads]
-        return grads[0], None, None, None, *grads[1:]
-
-
-def _reference_block(x, w1, b1, W1, w2, b2, W2, eps, sets):
-    """The clean-path block in plain PyTorch ops (what :class:`_FusedCleanBlock` computes)."""
-    r = plain_set_norm(x, w1, b1, eps, True, sets)
-    h = plain_set_norm(F.linear(r, W1), w2, b2, eps, True, sets)
-    return x + F.linear(h, W2)
 
 
 def _add_linear(x: Tensor, skip: Tensor, r: Tensor, fc: nn.Linear) -> Tensor:
