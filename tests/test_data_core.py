@@ -4,19 +4,23 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from deepsets.data import TASKS, DataError, collate_sets, get_task, load_task, subset_indices, subset_views
+from deepsets.data import (TARGETS, TASKS, DataError, collate_sets, get_task, load_task, paper_tasks, subset_indices,
+                           subset_views)
 
 
 # ---------------------------------------------------------------------------------------------------- registry
 def test_registry_names_and_fields():
-    assert set(TASKS) == {"normal-var", "mnist-var", "point-cloud", "hematocrit", "anemia", "set-anomaly"}
+    assert paper_tasks() == ["normal-var", "mnist-var", "point-cloud", "hematocrit", "anemia", "set-anomaly"]
+    assert {"regression", "classification"} <= set(TASKS)
     for name, t in TASKS.items():
         assert t.name == name
+        assert t.target in TARGETS and t.metric in {"mse", "accuracy"}
         assert t.loss in {"mse", "ce", "ce_elements"}
-        assert t.metric in {"mse", "accuracy"}
         assert t.pool in {"sum", "max"}
         assert t.output in {"set", "elements"}
-        assert t.default_set_size > 0 and t.paper_epochs > 0 and t.description
+        assert t.set_size > 0 and t.epochs > 0 and t.description
+        if t.paper:
+            assert t.in_dim and t.out_dim and t.offline_sizes and t.budgets.get("cpu")
     assert get_task("point-cloud").pool == "max" and get_task("point-cloud").out_dim == 40
     assert get_task("hematocrit").paper_epochs == 30
     assert get_task("set-anomaly").output == "elements" and get_task("set-anomaly").loss == "ce_elements"

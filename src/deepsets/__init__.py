@@ -7,4 +7,16 @@ from . import nn
 from .models import count_parameters, create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["nn", "create_model", "list_models", "count_parameters", "__version__"]
+__all__ = ["nn", "create_model", "list_models", "count_parameters", "SetClassifier", "SetRegressor", "__version__"]
+
+
+def __getattr__(name):  # the estimators import scikit-learn and Lightning: only when asked for
+    if name in ("SetClassifier", "SetRegressor"):
+        from . import estimators
+
+        return getattr(estimators, name)
+    if name == "data":
+        import importlib
+
+        return importlib.import_module(".data", __name__)
+    raise AttributeError(f"module 'deepsets' has no attribute {name!r}")

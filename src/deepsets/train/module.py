@@ -7,37 +7,35 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from ..data.targets import get_target
 from ..models import create_model
 
-LOSSES = ("mse", "ce", "ce_elements")
-
-
 def task_loss(kind: str, out: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(loss, metric)`` for a batch. ``mse``: metric = MSE; ``ce``/``ce_elements``: metric = accuracy."""
-    if kind == "mse":
-        loss = F.mse_loss(out.float(), y.float().view_as(out))
-        return loss, loss.detach()
-    if kind == "ce":
-        logits = out.float()
-    elif kind == "ce_elements":  # one logit per element; the target is the index of the odd element
-        logits = out.float().squeeze(-1)
-        if mask is not None:
-            logits = logits.masked_fill(~mask, float("-inf"))
-    else:
-        raise ValueError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
-    loss = F.cross_entropy(logits, y.long())
-    return loss, (logits.argmax(-1) == y).float().mean()
+    """``(loss, metric)`` of a batch for a target kind (``regression``/``classification``/``elements``, or the
+    earlier names ``mse``/``ce``/``ce_elements``)."""
+    return get_target(kind).loss(out, y, mask)
 
 
 class SetModule(pl.LightningModule):
-    """Wraps ``create_model(model, **model_kwargs)``; everything needed to rebuild it is in the checkpoint."""
+    """Wraps ``create_model(model, **model_kwargs)``; everything needed to rebuild it is in the checkpoint.
 
-    def __init__(self, model: str, model_kwargs: dict, task: str, loss: str, metric: str, lr: float = 1e-4,
-                 train_config: dict | None = None, data_info: dict | None = None):
+    ``target`` names the target kind (its loss and metric); checkpoints of earlier versions name their loss
+    (``loss="mse"|"ce"|"ce_elements"``) instead, which is read the same way.
+    """
+
+    def __init__(self, model: str, model_kwargs: dict, task: str, target: str | None = None, lr: float = 1e-4,
+                 train_config: dict | None = None, data_info: dict | None = None, loss: str | None = None,
+                 metric: str | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        if target is None:
+            if loss is None:
+                raise ValueError("SetModule needs a target (regression, classification or elements)")
+            target = get_target(loss).name
+        self.save_hyperparameters({"model": model, "model_kwargs": model_kwargs, "task": task, "target": target,
+                                   "lr": lr, "train_config": train_config, "data_info": data_info})
         self.model = create_model(model, **model_kwargs)
-        self.loss_kind, self.metric_name, self.lr = loss, metric, lr
+        self.target = get_target(target)
+        self.metric_name, self.lr = self.target.metric, lr
         self.train_loss, self.train_metric = MeanMetric(), MeanMetric()
         self.val_loss, self.val_metric = MeanMetric(), MeanMetric()
         self.last_val: dict[str, float] = {}
@@ -48,7 +46,7 @@ class SetModule(pl.LightningModule):
     def _step(self, batch):
         x, mask, y = batch
         out = self.model(x, mask)
-        return task_loss(self.loss_kind, out, y, mask)
+        return self.target.loss(out, y, mask)
 
     def training_step(self, batch, batch_idx):
         loss, metric = self._step(batch)

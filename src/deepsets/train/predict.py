@@ -9,88 +9,23 @@ import numpy as np
 import torch
 
 from ..data import DataError
-from ..data._base import SetDataset, check_exists, open_h5
+from ..data._base import SetDataset
 
-H5_KEYS = ("test_data", "data", "train_data", "test_cloud", "tr_cloud")
+def open_input(path, expect_dim=None, **options) -> SetDataset:
+    """The sets of a file to predict on: any source of :mod:`deepsets.data.sources` (labels are not read).
 
+    ``options`` are the source's layout options (``set_column``, ``features``/``channels``, ``channel_map``,
+    ``layer``, ``no_header``, ``key``); ``expect_dim`` checks the number of FCS/h5ad channels when none are named.
+    """
+    from ..data.sources import SourceDataset, open_source, source_for
+    from ..data.tasks import source_options
 
-class NpySets(SetDataset):
-    """An ``.npy`` array ``[sets, elements, features]`` (memory-mapped, read one set at a time)."""
-
-    def __init__(self, path):
-        super().__init__(set_size=None)
-        self.path = Path(path)
-        try:
-            self.arr = np.load(self.path, mmap_mode="r")
-        except Exception as e:
-            raise DataError(f"{self.path}: not a readable .npy file: {e}") from None
-        if self.arr.ndim != 3:
-            raise DataError(f"{self.path}: expected an array [sets, elements, features], found shape {self.arr.shape}")
-        self.in_dim, self.source = int(self.arr.shape[2]), str(self.path)
-
-    def __len__(self):
-        return self.arr.shape[0]
-
-    def _raw_set(self, i):
-        return np.asarray(self.arr[i], dtype=np.float32)
-
-    def _target(self, i):
-        return float("nan")
-
-
-class H5Sets(SetDataset):
-    """Sets from one key ``[sets, elements, features]`` of an HDF5 file, read lazily."""
-
-    def __init__(self, path, key: str | None = None):
-        super().__init__(set_size=None)
-        self.path = Path(path)
-        with open_h5(self.path) as f:
-            if key is None:
-                key = next((k for k in H5_KEYS if k in f), None)
-                if key is None:
-                    raise DataError(f"{self.path}: none of the keys {list(H5_KEYS)} found; pass --key "
-                                    f"(keys in the file: {sorted(f.keys())})")
-            if key not in f:
-                raise DataError(f"{self.path}: no key {key!r}; keys in the file: {sorted(f.keys())}")
-            shape = f[key].shape
-            if len(shape) != 3:
-                raise DataError(f"{self.path}: {key} must be [sets, elements, features], found shape {shape}")
-        self.key, self.n, self.in_dim, self.source = key, shape[0], int(shape[2]), f"{self.path}:{key}"
-        self._f = None
-
-    def __len__(self):
-        return self.n
-
-    def _raw_set(self, i):
-        if self._f is None:
-            self._f = open_h5(self.path)
-        try:
-            return np.asarray(self._f[self.key][i], dtype=np.float32)
-        except Exception as e:  # h5py's errors on damaged files
-            raise DataError(f"{self.path}: cannot read {self.key}[{i}] (corrupt or truncated?): {e}") from e
-
-    def _target(self, i):
-        return float("nan")
-
-
-def open_input(path, channels=None, set_column=None, key=None, expect_dim=None, channel_map=None) -> SetDataset:
-    """The sets of a file to predict on: HDF5, ``.npy``, FCS file/folder, or ``.h5ad``."""
-    p = check_exists(path)
-    suffix = p.suffix.lower()
-    if p.is_dir() or suffix == ".fcs":
-        from ..data.cytometry import FCSDataset
-
-        return FCSDataset(p, channels=channels, expect_dim=expect_dim, set_size=None, channel_map=channel_map)
-    if suffix == ".h5ad":
-        from ..data.cytometry import H5ADDataset
-
-        return H5ADDataset(p, set_column=set_column, channels=channels, expect_dim=expect_dim, set_size=None,
-                           channel_map=channel_map)
-    if suffix == ".npy":
-        return NpySets(p)
-    if suffix in (".h5", ".hdf5", ".hdf"):
-        return H5Sets(p, key)
-    raise DataError(f"{p}: unsupported input type {suffix!r}; expected .h5/.hdf5, .npy, .fcs (or a folder of them), .h5ad")
+    opts = {k: v for k, v in source_options(options).items() if v is not None}
+    if expect_dim is not None and opts.get("features") is None and source_for(path).name in ("fcs", "h5ad"):
+        opts["expect_dim"] = expect_dim
+    reader = open_source(path, None, **opts)
+    reader.labels = None  # prediction needs no labels (and does not check them)
+    return SourceDataset(reader, target="regression", set_size=None)
 
 
 def set_names(ds) -> list[str]:
@@ -155,52 +90,64 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
     return outs
 
 
-def predictions_csv(names: list[str], outputs: list[np.ndarray], loss_kind: str) -> str:
+def predictions_csv(names: list[str], outputs: list[np.ndarray], target, classes=None) -> str:
+    """One row per set: ``set`` then the target's columns (``prediction``; ``predicted_class`` + ``p_<label>``;
+    ``odd_element`` + ``probability``)."""
+    from ..data.targets import get_target
+
+    target = get_target(target)
     buf = io.StringIO()
     w = csv.writer(buf)
     out_dim = outputs[0].shape[-1] if outputs else 1
-    if loss_kind == "mse":
-        w.writerow(["set"] + (["prediction"] if out_dim == 1 else [f"prediction_{k}" for k in range(out_dim)]))
-        for n, o in zip(names, outputs):
-            w.writerow([n] + [f"{v:.6g}" for v in np.atleast_1d(o)])
-    elif loss_kind == "ce":
-        w.writerow(["set", "predicted_class"] + [f"p_{k}" for k in range(out_dim)])
-        for n, o in zip(names, outputs):
-            p = torch.softmax(torch.from_numpy(np.asarray(o)), -1).numpy()
-            w.writerow([n, int(p.argmax())] + [f"{v:.6g}" for v in p])
-    else:  # one logit per element: report the predicted odd element and its probability
-        w.writerow(["set", "odd_element", "probability"])
-        for n, o in zip(names, outputs):
-            logits = torch.from_numpy(np.asarray(o)).reshape(-1)
-            p = torch.softmax(logits, -1)
-            w.writerow([n, int(p.argmax()), f"{float(p.max()):.6g}"])
+    w.writerow(["set"] + target.csv_header(out_dim, classes))
+    for n, o in zip(names, outputs):
+        w.writerow([n] + target.csv_row(o, classes))
     return buf.getvalue()
 
 
-def predict_file(checkpoint, input_path, output=None, channels=None, set_column=None, key=None,
-                 batch_size: int = 64, channel_map=None) -> tuple[str, int]:
+#: the layout options of a training run that a prediction reuses unless given again
+PREDICT_OPTIONS = ("set_column", "features", "channels", "channel_map", "layer", "no_header", "key")
+
+
+def predict_file(checkpoint, input_path, output=None, batch_size: int = 64, **options) -> tuple[str, int]:
     """Predict every set of ``input_path``; returns (CSV text, number of sets) and writes ``output`` if given.
 
-    For FCS and ``.h5ad`` input, ``channels`` defaults to the channels the model was trained on (recorded in the
-    checkpoint), and ``channel_map`` (``{name in the file: name to use}`` or ``["FILE=NAME", ...]``) renames
-    the new files' channels to those names.
+    ``options`` are the source's layout options (``set_column``, ``features``/``channels``, ``channel_map``,
+    ``layer``, ``no_header``, ``key``); those not given are the training run's, and the features default to the
+    ones the model was trained on (by name, for tables, FCS and ``.h5ad``), so a file whose columns come in
+    another order, or an FCS folder for a model trained on a table, is read right.
     """
+    from ..data.sources import source_for
     from .io import atomic_write_text
-    from .run import load_checkpoint
+    from .run import checkpoint_config, load_checkpoint
 
     module = load_checkpoint(checkpoint)
-    if channels is None:
-        trained = ((module.hparams.get("train_config") or {}).get("task_options") or {}).get("channels")
-        suffix = Path(input_path).suffix.lower()
-        if trained and (Path(input_path).is_dir() or suffix in (".fcs", ".h5ad")):
-            channels = list(trained)
-    ds = open_input(input_path, channels=channels, set_column=set_column, key=key,
-                    expect_dim=module.model.config.in_dim, channel_map=channel_map)
+    cfg = checkpoint_config(module)
+    info = module.hparams.get("data_info") or {}
+    given = {k: v for k, v in options.items() if v is not None}
+    kind = source_for(input_path).name
+    opts = {k: v for k, v in cfg.task_options.items() if k in PREDICT_OPTIONS and v is not None}
+    if "channels" in given or "features" in given:
+        opts.pop("channels", None), opts.pop("features", None)
+    opts.update(given)
+    if kind in ("table", "fcs", "h5ad") and "channels" not in opts and "features" not in opts and info.get("features"):
+        opts["features"] = list(info["features"])
+    if kind == "arrays":
+        opts = {k: v for k, v in opts.items() if k == "key"}
+    elif kind != "table":
+        opts.pop("no_header", None)
+    if kind not in ("table", "h5ad"):
+        opts.pop("set_column", None)
+    if kind != "h5ad":
+        opts.pop("layer", None)
+    if kind not in ("fcs", "h5ad"):
+        opts.pop("channel_map", None)
+    ds = open_input(input_path, expect_dim=module.model.config.in_dim, **opts)
     if ds.in_dim != module.model.config.in_dim:
         raise DataError(f"{input_path}: sets have {ds.in_dim} features per element but the checkpoint's model "
                         f"expects {module.model.config.in_dim}")
     outs = predict_sets(module.model, ds, batch_size=batch_size)
-    text = predictions_csv(set_names(ds), outs, module.hparams["loss"])
+    text = predictions_csv(set_names(ds), outs, module.target, info.get("classes"))
     if output:
         out = Path(output)
         if out.exists() and out.is_dir():

@@ -13,33 +13,37 @@ from pathlib import Path
 
 from .config import TrainConfig
 
-# What each budget changes in a cell's config, per task ("*" = every task). Values are TrainConfig fields;
-# n_train / n_test go to the data generators (offline data only).
-BUDGETS: dict[str, dict[str, dict]] = {
+# What each budget changes in a cell's config for every task; each task adds its own (``Task.budgets``). Values
+# are TrainConfig fields; n_train / n_test (and cells) go to the data generators (offline data only).
+BUDGETS: dict[str, dict] = {
     # seconds per cell: checks that every cell runs end to end
-    "smoke": {"*": dict(epochs=1, max_steps=2, batch_size=8, set_size=16, n_train=24, n_test=8)},
+    "smoke": dict(epochs=1, max_steps=2, batch_size=8, set_size=16, n_train=24, n_test=8),
     # sized for a 2-core CPU: the normal-var and mnist-var columns of Table 2 (24 cells, 2 seeds) in about an hour
-    "cpu": {
-        "normal-var": dict(epochs=6, batch_size=64, set_size=100, n_train=2000, n_test=500),
-        "mnist-var": dict(epochs=6, batch_size=64, n_train=3000, n_test=1000),
-        "hematocrit": dict(epochs=5, batch_size=64, set_size=200, n_train=1000, n_test=300),
-        "anemia": dict(epochs=5, batch_size=64, set_size=200, n_train=1000, n_test=300),
-        "point-cloud": dict(epochs=5, batch_size=64, set_size=200, n_train=1200, n_test=300),
-        "set-anomaly": dict(epochs=6, batch_size=64, n_train=3000, n_test=1000),
-    },
+    "cpu": {},
     # the paper's: Adam 1e-4, batch 64, 50 epochs (30 for hematocrit), full sets (for a GPU)
-    "paper": {"*": dict()},
+    "paper": {},
 }
 DEFAULT_SEEDS = {"smoke": [0], "cpu": [0, 1], "paper": [0, 1, 2]}
+GENERATOR_OPTIONS = ("n_train", "n_test", "cells")
+
+
+def task_budget(task: str, budget: str) -> dict:
+    """The budget's settings for one task: the common ones, then the task's own."""
+    from ..data import get_task
+
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; valid: {', '.join(BUDGETS)}")
+    return {**BUDGETS[budget], **get_task(task).budgets.get(budget, {})}
 
 
 def config_root() -> Path:
-    """``configs/paper`` of the source tree (the repository root, or the working directory)."""
-    for base in (Path(__file__).resolve().parents[3], Path.cwd()):
-        p = base / "configs" / "paper"
-        if p.is_dir():
-            return p
-    raise FileNotFoundError("configs/paper not found: run from the repository root")
+    """The paper's table configs: ``deepsets/configs/paper`` inside the installed package."""
+    from importlib.resources import files
+
+    p = Path(str(files("deepsets") / "configs" / "paper"))
+    if not p.is_dir():  # pragma: no cover - a broken installation
+        raise FileNotFoundError(f"the paper's configs are missing from the installed package ({p}); reinstall deepsets")
+    return p
 
 
 def cell_files(table: str, tasks: list[str] | None = None) -> list[Path]:
@@ -72,14 +76,10 @@ def paper_order(cfg: TrainConfig) -> tuple:
 
 
 def budget_config(path: Path, budget: str, seed: int, out: Path) -> TrainConfig:
-    if budget not in BUDGETS:
-        raise ValueError(f"unknown budget {budget!r}; valid: {', '.join(BUDGETS)}")
     cfg = TrainConfig.load(path)
-    b = {**BUDGETS[budget].get("*", {}), **BUDGETS[budget].get(cfg.task, {})}
-    opts = {k: b.pop(k) for k in ("n_train", "n_test") if k in b}
+    b = task_budget(cfg.task, budget)
+    opts = {k: b.pop(k) for k in GENERATOR_OPTIONS if k in b}
     if cfg.data is None:  # generator sizes only apply to the offline data
-        if cfg.task in ("hematocrit", "anemia") and budget == "smoke":
-            opts["cells"] = 64
         cfg.task_options = {**cfg.task_options, **opts}
     for k, v in b.items():
         setattr(cfg, k, v)

@@ -1,6 +1,7 @@
 """Train, evaluate and predict: the functions behind ``deepsets train|eval|predict``."""
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import warnings
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import DataError, collate_sets, get_task, load_task
 from ..data._base import require_labels
+from ..data.targets import infer_target
 from .callbacks import AtomicCheckpointIO, MetricsCSV, NonFiniteLossError, SubsetEpoch, read_metrics
 from .config import TrainConfig
 from .module import SetModule
@@ -30,12 +32,49 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-class SetDataModule(pl.LightningDataModule):
-    """Train/validation sets from the task's training split, test sets from its test split."""
+def unwrap(ds) -> tuple:
+    """``(base dataset, indices)`` of a dataset or a (nested) torch ``Subset`` of one."""
+    idx = np.arange(len(ds))
+    while isinstance(ds, Subset):
+        idx = np.asarray(ds.indices)[idx]
+        ds = ds.dataset
+    return ds, idx
 
-    def __init__(self, cfg: TrainConfig):
+
+def resolve_task(cfg: TrainConfig, echo=print):
+    """The run's :class:`~deepsets.data.Task`: ``--task``, else ``--target`` on ``--data``, else the target the
+    labels of ``--data`` imply (said once), else the default ``normal-var``. Sets ``cfg.task`` to its name."""
+    if cfg.task is None:
+        if cfg.target is not None:
+            cfg.task = cfg.target
+        elif cfg.data is not None:
+            from ..data.sources import open_source
+            from ..data.tasks import source_options
+
+            opts = source_options({k: v for k, v in cfg.task_options.items() if k != "classes"})
+            reader = open_source(cfg.data, "train", **opts)
+            if reader.labels is None:
+                raise DataError(f"{cfg.data}: no labels found (give --label-column, or --labels FILE with columns "
+                                f"set,label); training needs a label per set")
+            cfg.target = infer_target(reader.labels)
+            kinds = {"classification": "not all numbers", "regression": "numbers"}
+            echo(f"target: {cfg.target} (the labels are {kinds[cfg.target]}; pass --target to choose)")
+            cfg.task = cfg.target
+        else:
+            cfg.task = "normal-var"
+    task = get_task(cfg.task)
+    if cfg.target is not None and cfg.target != task.target:
+        raise ValueError(f"--target {cfg.target} does not match task {task.name!r}, whose target is {task.target}")
+    return task
+
+
+class SetDataModule(pl.LightningDataModule):
+    """Train/validation sets from the task's training split (or ``dataset``), held out by ``val_fraction``."""
+
+    def __init__(self, cfg: TrainConfig, dataset=None):
         super().__init__()
         self.cfg = cfg
+        self.dataset = dataset
         self.train_set = self.val_set = self.test_set = None
 
     def load(self, split: str):
@@ -46,15 +85,16 @@ class SetDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None):
         if self.train_set is not None:
             return
-        full = self.load("train")
-        require_labels(full)
-        if len(full) == 0:
-            raise DataError(f"{getattr(full, 'source', 'data')}: no training sets found (expected at least one)")
-        train_idx, val_idx = split_indices(len(full), self.cfg.val_fraction, self.cfg.seed)
-        self.train_set = Subset(full, train_idx.tolist())
+        full = self.dataset if self.dataset is not None else self.load("train")
+        base, idx = unwrap(full)
+        require_labels(base)
+        if len(idx) == 0:
+            raise DataError(f"{getattr(base, 'source', 'data')}: no training sets found (expected at least one)")
+        train_idx, val_idx = split_indices(len(idx), self.cfg.val_fraction, self.cfg.seed)
+        self.train_set = Subset(base, idx[train_idx].tolist())
         # validation sees one fixed subset of each set (epoch 0), whatever epoch training is in
-        self.val_set = Subset(self.load("train"), val_idx.tolist())
-        self.info = describe_dataset(full)
+        self.val_set = Subset(copy.copy(base), idx[val_idx].tolist())
+        self.info = describe_dataset(base, len(idx))
 
     def _loader(self, ds, shuffle: bool):
         return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, collate_fn=collate_sets,
@@ -67,22 +107,29 @@ class SetDataModule(pl.LightningDataModule):
         return self._loader(self.val_set, False)
 
 
-def describe_dataset(ds) -> dict:
+def describe_dataset(ds, n_sets: int | None = None) -> dict:
+    """What a checkpoint records about its training data (sizes, classes, feature names)."""
+    from ..data.targets import plain
+
+    classes = getattr(ds, "classes", None)
+    feats = getattr(ds, "feature_names", None) or getattr(ds, "channel_names", None)
     return {"in_dim": int(ds.in_dim), "out_dim": int(ds.out_dim), "num_classes": ds.num_classes,
-            "source": str(getattr(ds, "source", "")), "sets": len(ds)}
+            "source": str(getattr(ds, "source", "")), "sets": len(ds) if n_sets is None else int(n_sets),
+            "classes": None if classes is None else [plain(c) for c in classes],
+            "features": None if feats is None else [str(f) for f in feats]}
 
 
 def model_kwargs(cfg: TrainConfig, info: dict) -> dict:
     """``create_model`` arguments: the task's sizes, pooling and output kind + the config's overrides."""
     from ..models import preset_default
 
-    spec = get_task(cfg.task)
-    kw = {"in_dim": info["in_dim"], "out_dim": info["out_dim"], "output": spec.output}
+    task = get_task(cfg.task)
+    kw = {"in_dim": info["in_dim"], "out_dim": info["out_dim"], "output": task.output, **cfg.model_options}
     for k in ("depth", "dim", "norm", "residual", "pool"):
         if getattr(cfg, k) is not None:
             kw[k] = getattr(cfg, k)
     if cfg.pool is None and preset_default(cfg.model, "pool") != "pma":
-        kw["pool"] = spec.pool  # Deep Sets family: the task's pooling (max for point clouds)
+        kw["pool"] = task.pool  # Deep Sets family: the task's pooling (max for point clouds)
     return kw
 
 
@@ -149,8 +196,10 @@ def launched_worker() -> bool:
 
 
 def default_out(cfg: TrainConfig) -> str:
+    """``runs/TASK-MODEL-dDEPTH-sSEED`` (a task given as ``file.py:NAME`` uses ``NAME``)."""
     depth = cfg.depth if cfg.depth is not None else "default"
-    return str(Path("runs") / f"{cfg.task}-{cfg.model}-d{depth}-s{cfg.seed}")
+    task = str(cfg.task).rpartition(":")[2] or str(cfg.task)
+    return str(Path("runs") / f"{task}-{cfg.model}-d{depth}-s{cfg.seed}")
 
 
 def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, extra_callbacks=()) -> pl.Trainer:
@@ -159,7 +208,7 @@ def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, ext
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",
                            save_last=True, save_top_k=1, every_n_epochs=cfg.eval_every,
                            save_on_train_epoch_end=True, enable_version_counter=False)
-    epochs = cfg.epochs if cfg.epochs is not None else get_task(cfg.task).paper_epochs
+    epochs = cfg.epochs if cfg.epochs is not None else get_task(cfg.task).epochs
     return pl.Trainer(
         max_epochs=epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy, num_nodes=cfg.num_nodes, precision=cfg.precision,
@@ -171,8 +220,11 @@ def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, ext
     )
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, dataset=None, echo=print) -> dict:
     """Train one model; returns a summary (and writes ``config.yaml``, ``metrics.csv``, checkpoints, PNG).
+
+    ``dataset`` (a dataset or ``Subset`` of one) replaces the task's training split: cross-validation folds
+    and the scikit-learn estimators train this way; ``config.yaml`` then records the task and options only.
 
     Like the ``deepsets`` command, this tunes the process's allocator (:func:`deepsets.runtime.tune_allocator`)
     unless ``DEEPSETS_TUNE_MALLOC=0``.
@@ -180,7 +232,11 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
     from ..runtime import tune_allocator
 
     tune_allocator()
-    spec = get_task(cfg.task)
+    cfg = copy.deepcopy(cfg)
+    if resume and cfg.out is not None and (Path(cfg.out) / "config.yaml").is_file():
+        cfg.task = cfg.task or TrainConfig.load(Path(cfg.out) / "config.yaml").task  # the saved run's task
+    if not launched_worker() or cfg.task is None:
+        resolve_task(cfg, echo=echo if not launched_worker() else (lambda *a: None))
     if cfg.out is None:
         cfg.out = default_out(cfg)
     if launched_worker():  # a DDP process started by Lightning: rank 0 has prepared the folder
@@ -193,16 +249,17 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> di
             setattr(saved, k, getattr(cfg, k))
         saved.out = str(out)
         cfg = saved
+    task = resolve_task(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = SetDataModule(cfg)
+    dm = SetDataModule(cfg, dataset)
     dm.setup("fit")
     kw = model_kwargs(cfg, dm.info)
-    module = SetModule(cfg.model, kw, cfg.task, spec.loss, spec.metric, cfg.lr, train_config=cfg.to_dict(),
+    module = SetModule(cfg.model, kw, cfg.task, task.target, cfg.lr, train_config=cfg.to_dict(),
                        data_info=dm.info)
     if not resume and not launched_worker():
         cfg.save(out / "config.yaml")
     title = f"{cfg.model} depth {module.model.config.depth} on {cfg.task}"
-    trainer = build_trainer(cfg, out, spec.metric, title)
+    trainer = build_trainer(cfg, out, task.metric, title)
     quiet_lightning(verbose=cfg.progress)
     ckpt_path = str(out / "checkpoints" / "last.ckpt") if resume else None
     if cfg.max_steps > 0:  # a step budget may end before the first validation; the final one is done below
@@ -300,37 +357,63 @@ def predict_dataset(model, ds, batch_size: int = 64, subsets: int = 1, device="c
     return torch.stack(outs).mean(0)
 
 
-def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", subsets: int | None = None,
-             batch_size: int = 64, task_options: dict | None = None) -> dict:
-    """Test metrics of a checkpoint on the task's test split (offline default or ``data``)."""
-    from .module import task_loss
+#: options that describe the layout of a data file (kept when evaluating or predicting on another file)
+LAYOUT_OPTIONS = ("set_column", "label_column", "split_column", "features", "channels", "channel_map", "layer",
+                  "no_header", "key", "label_key")
 
-    module = load_checkpoint(checkpoint)
+
+def checkpoint_config(module) -> TrainConfig:
     hp = module.hparams
-    cfg = TrainConfig.from_dict(hp["train_config"]) if hp.get("train_config") else TrainConfig(task=hp["task"])
-    opts = dict(cfg.task_options) if data is None else {}
-    opts.update(task_options or {})
-    ds = load_task(hp["task"], split, data=data if data is not None else cfg.data, set_size=cfg.set_size,
-                   seed=cfg.seed, **opts)
-    require_labels(ds)
-    if ds.in_dim != module.model.config.in_dim:
-        raise ValueError(f"{data or 'data'}: sets have {ds.in_dim} features but the checkpoint's model expects "
-                         f"{module.model.config.in_dim}")
-    k = subsets if subsets is not None else cfg.eval_subsets
-    out = predict_dataset(module.model, ds, batch_size, k)
-    ys = torch.stack([ds[i][1] for i in range(len(ds))])
+    return TrainConfig.from_dict(hp["train_config"]) if hp.get("train_config") else TrainConfig(task=hp["task"])
+
+
+def evaluate_dataset(module, ds, subsets: int = 1, batch_size: int = 64) -> dict:
+    """``{"sets", "loss", METRIC[, "label_variance"]}`` of a model on a labeled dataset (or Subset)."""
+    base, idx = unwrap(ds)
+    require_labels(base)
+    if base.in_dim != module.model.config.in_dim:
+        raise ValueError(f"{getattr(base, 'source', 'data')}: sets have {base.in_dim} features but the checkpoint's "
+                         f"model expects {module.model.config.in_dim}")
+    target = module.target
+    out = predict_dataset(module.model, ds, batch_size, subsets)
+    items = [ds[i] for i in range(len(ds))]
+    ys = torch.stack([y for _, y in items])
     mask = None
-    if hp["loss"] == "ce_elements":
+    if target.output == "elements":
         mask = torch.zeros(out.shape[:2], dtype=torch.bool)
-        for i in range(len(ds)):
-            mask[i, : ds[i][0].shape[0]] = True
-    loss, metric = task_loss(hp["loss"], out, ys, mask)
-    result = {"checkpoint": str(checkpoint), "task": hp["task"], "model": hp["model"],
-              "depth": module.model.config.depth, "split": split, "sets": len(ds), "subsets": k,
-              "loss": loss.item(), hp["metric"]: metric.item()}
-    if hp["metric"] == "mse":  # the MSE of always predicting the test labels' mean
+        for i, (x, _) in enumerate(items):
+            mask[i, : x.shape[0]] = True
+    loss, metric = target.loss(out, ys, mask)
+    result = {"sets": len(ds), "loss": loss.item(), target.metric: metric.item()}
+    if target.metric == "mse":  # the MSE of always predicting the test labels' mean
         ys_f = ys.float().view_as(out)
         result["label_variance"] = ((ys_f - ys_f.mean()) ** 2).mean().item()
+    return result
+
+
+def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", subsets: int | None = None,
+             batch_size: int = 64, task_options: dict | None = None) -> dict:
+    """Test metrics of a checkpoint on the task's test split (offline default or ``data``).
+
+    With ``data``, the layout options the model was trained with (set and label columns, features, layer, ...)
+    are kept and ``task_options`` may override them; classes keep the training order.
+    """
+    module = load_checkpoint(checkpoint)
+    hp = module.hparams
+    cfg = checkpoint_config(module)
+    opts = dict(cfg.task_options) if data is None else {k: v for k, v in cfg.task_options.items()
+                                                         if k in LAYOUT_OPTIONS}
+    opts.update(task_options or {})
+    classes = (hp.get("data_info") or {}).get("classes")
+    task = get_task(hp["task"])
+    if classes is not None and task.classes is None:
+        opts["classes"] = classes
+    ds = load_task(hp["task"], split, data=data if data is not None else cfg.data, set_size=cfg.set_size,
+                   seed=cfg.seed, **opts)
+    k = subsets if subsets is not None else cfg.eval_subsets
+    result = {"checkpoint": str(checkpoint), "task": hp["task"], "model": hp["model"],
+              "depth": module.model.config.depth, "split": split, "subsets": k}
+    result.update(evaluate_dataset(module, ds, k, batch_size))
     return result
 
 

@@ -1,0 +1,106 @@
+"""A folder of FCS files, one file = one set (its stem is the set id); or one ``.fcs`` file.
+
+Needs the optional dependency ``flowio`` (``pip install 'deepsets[cytometry]'``); decoding, and the vendor quirks
+it handles, are in :mod:`deepsets.data.fcs`. Channels are chosen by name with ``features``/``channels`` (matched
+against ``$PnN``, then ``$PnS``; a duplicated name must be unique in the other list); without them every channel
+is used. ``channel_map={"FSC-A": "volume"}`` renames a file's channels before they are matched. Labels come from
+``labels.csv`` in the folder, or ``labels=FILE``: columns ``set,label`` (``set`` = file stem, file name or path
+relative to the folder; ``file,label`` also works) and optionally ``split``. Without a ``split`` column,
+subfolders ``train/`` and ``test/`` are the splits if both exist, else every file is in every split. Files are
+read when their set is accessed; a file that cannot be read gets one line naming it and the reason.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .._base import DataError, check_exists
+from . import SetReader, Source, labels_from_file, read_labels_file, select_features
+
+
+def _fcs():
+    from .. import fcs
+
+    return fcs
+
+
+class FCSFolderReader(SetReader):
+    def __init__(self, path, split=None, features=None, channel_map=None, labels=None, expect_dim=None):
+        from . import parse_channel_map
+
+        root = check_exists(path)
+        self.source = str(root)
+        if root.is_file():
+            files, folder = [root], root.parent
+        else:
+            folder = root
+            files = sorted({*root.rglob("*.fcs"), *root.rglob("*.FCS")})
+            if not files:
+                raise DataError(f"{root}: no .fcs files found")
+        self.folder = folder
+        all_names = {n for f in files for n in self._names(f)}
+        lab_path = Path(labels) if labels else folder / "labels.csv"
+        has_split = False
+        if lab_path.exists():
+            has_split = "split" in next(iter(_columns(lab_path)), [])
+        if split is not None and not has_split and root.is_dir() and (folder / "train").is_dir() \
+                and (folder / "test").is_dir():
+            files = [f for f in files if self._rel(f).startswith(f"{split}/")]
+        if has_split and split is not None:  # keep the files of this split (rows of the other split drop out)
+            table = read_labels_file(lab_path, split)
+            everything = read_labels_file(lab_path)
+            files = [f for f in files if any(n in table for n in self._names(f)) or
+                     not any(n in everything for n in self._names(f))]
+        self.files = files
+        self.set_ids = [f.stem for f in files]
+        self.labels = (labels_from_file(lab_path, self.set_ids, split, aliases=lambda i: self._names(files[i])[1:],
+                                        all_names=all_names) if lab_path.exists() else None)
+        self.channel_map = parse_channel_map(channel_map)
+        if files:
+            pnn, pns = _fcs().fcs_channels(files[0])
+            self._idx = select_features(pnn, features, files[0], alt_names=pns, expect_dim=expect_dim,
+                                        channel_map=self.channel_map)
+            if features is not None:
+                self.feature_names = [str(c) for c in features]
+            else:
+                self.feature_names = [self.channel_map.get(pnn[i], pnn[i]) for i in self._idx]
+        else:
+            self.feature_names = [str(c) for c in features or []]
+        self._wanted = list(features) if features is not None else None
+
+    def _rel(self, f: Path) -> str:
+        return f.relative_to(self.folder).as_posix() if f.is_relative_to(self.folder) else f.name
+
+    def _names(self, f: Path) -> list[str]:
+        return list(dict.fromkeys([f.stem, f.name, self._rel(f)]))
+
+    def __len__(self):
+        return len(self.files)
+
+    def read(self, index):
+        fcs = _fcs()
+        f = self.files[index]
+        data = fcs.read_fcs_file(f)
+        idx = select_features(data.pnn, self._wanted, f, alt_names=data.pns, channel_map=self.channel_map,
+                              expect_dim=len(self.feature_names) if self._wanted is None else None)
+        return np.asarray(data.events[:, idx], dtype=np.float32)
+
+
+def _columns(path: Path):
+    import csv
+
+    try:
+        with open(path, newline="") as fh:
+            yield next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read labels CSV: {e}") from e
+
+
+def _matches(p: Path) -> bool:
+    if p.is_dir():
+        return any(p.rglob("*.fcs")) or any(p.rglob("*.FCS"))
+    return p.is_file() and p.suffix.lower() == ".fcs"
+
+
+SOURCE = Source("fcs", "a folder of .fcs files (one file = one set) or one .fcs file", _matches, FCSFolderReader)

@@ -1,0 +1,192 @@
+"""AnnData ``.h5ad``: one row per cell, ``obs[set_column]`` names each cell's set (scverse's ``sample_key``).
+
+Read directly with ``h5py`` (``anndata`` is not needed). The data are ``X`` or, with ``layer=NAME``
+(``--layer``), ``layers/NAME`` (files often keep their data only in a layer); either may be dense or sparse
+(``csr_matrix``; ``csc_matrix`` is refused with advice). ``obs``/``var`` columns may be plain arrays, strings or
+categoricals (anndata >= 0.8 ``categories``/``codes`` groups, or the older ``__categories`` layout). Features are
+``var`` names (``features``/``channels``; default: every column). Labels come from ``obs[label_column]``
+(default ``label`` when present; constant within a set) or a labels file; ``obs[split_column]`` (default
+``split`` when present) selects train/test cells. Rows are read per set when the set is accessed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .._base import DataError, open_h5
+from . import SetReader, Source, labels_from_file, select_features
+
+
+def _decode(a):
+    a = np.asarray(a)
+    if a.dtype.kind in ("S", "O"):
+        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in a.ravel()], dtype=object)
+    return a
+
+
+def read_h5ad_column(group, name: str, path="") -> np.ndarray:
+    """A column of an ``obs``/``var`` group: plain, string or categorical (both anndata layouts)."""
+    if name not in group:
+        cols = [k for k in group if not k.startswith("__") and k not in ("_index", "index")]
+        raise DataError(f"{path}: column {name!r} not found in /{group.name.strip('/')}; available: {cols}")
+    obj = group[name]
+    if hasattr(obj, "keys"):  # anndata >= 0.8 categorical group
+        if "codes" not in obj or "categories" not in obj:
+            raise DataError(f"{path}: {obj.name} is a group without codes/categories")
+        codes = np.asarray(obj["codes"][()])
+        cats = _decode(obj["categories"][()])
+        out = np.empty(len(codes), dtype=object)
+        out[codes >= 0] = cats[codes[codes >= 0]]
+        out[codes < 0] = None
+        return out
+    vals = obj[()]
+    legacy = group.get("__categories")
+    if legacy is not None and name in legacy:
+        cats = _decode(legacy[name][()])
+        return cats[np.asarray(vals)]
+    return _decode(vals)
+
+
+def h5ad_var_names(f, path="") -> list[str]:
+    var = f["var"]
+    key = "_index" if "_index" in var else var.attrs.get("_index", "_index")
+    key = key.decode() if isinstance(key, bytes) else str(key)
+    if key not in var:
+        key = "index" if "index" in var else None
+    if key is None:
+        raise DataError(f"{path}: var has no index (expected var/_index)")
+    return [str(v) for v in read_h5ad_column(var, key, path)]
+
+
+def _matrix_info(f, key: str, path):
+    """``(shape, sparse)`` of ``X`` or a layer."""
+    M = f[key]
+    if hasattr(M, "keys"):
+        enc = M.attrs.get("encoding-type", b"")
+        enc = enc.decode() if isinstance(enc, bytes) else str(enc)
+        if enc != "csr_matrix" or not {"data", "indices", "indptr"} <= set(M.keys()):
+            raise DataError(f"{path}: /{key} is a sparse matrix of type {enc!r}; only dense and csr_matrix are "
+                            f"read (convert with adata.{key.replace('layers/', 'layers[...]')} = "
+                            f"scipy.sparse.csr_matrix(...))")
+        shape = tuple(int(s) for s in M.attrs["shape"])
+        return shape, True
+    if len(M.shape) != 2:
+        raise DataError(f"{path}: /{key} should be [cells, features], found {M.shape}")
+    return tuple(M.shape), False
+
+
+class H5ADReader(SetReader):
+    def __init__(self, path, split=None, set_column=None, label_column=None, split_column=None, features=None,
+                 layer=None, labels=None, expect_dim=None, channel_map=None):
+        self.path = Path(path)
+        self.source = str(self.path)
+        with open_h5(path) as f:
+            for k in ("obs", "var"):
+                if k not in f:
+                    raise DataError(f"{path}: not an AnnData file: missing /{k}; found {sorted(f.keys())}")
+            if layer is not None:
+                layers = sorted(f["layers"].keys()) if "layers" in f else []
+                if layer not in layers:
+                    raise DataError(f"{path}: layer {layer!r} not found; layers in the file: {layers or 'none'}")
+                self.key = f"layers/{layer}"
+            else:
+                if "X" not in f:
+                    layers = sorted(f["layers"].keys()) if "layers" in f else []
+                    raise DataError(f"{path}: the file has no X; read a layer with layer=NAME (--layer NAME); "
+                                    f"layers in the file: {layers or 'none'}")
+                self.key = "X"
+            obs = f["obs"]
+            obs_cols = [k for k in obs if not k.startswith("__") and k not in ("_index", "index")]
+            if set_column is None:
+                raise DataError(f"{path}: no set column given: pass set_column=... (--set-column on the command "
+                                f"line), the obs column naming each cell's set; obs columns: {obs_cols}")
+            sets = read_h5ad_column(obs, set_column, path)
+            n_cells = len(sets)
+            shape, self.sparse = _matrix_info(f, self.key, path)
+            if shape[0] != n_cells:
+                raise DataError(f"{path}: /{self.key} has {shape[0]} rows but obs/{set_column} has {n_cells} cells")
+            if self.sparse:
+                self.indptr = np.asarray(f[self.key]["indptr"][()], dtype=np.int64)
+                if len(self.indptr) != shape[0] + 1:
+                    raise DataError(f"{path}: /{self.key}/indptr has {len(self.indptr)} entries, expected "
+                                    f"{shape[0] + 1}")
+            self.n_cols = shape[1]
+            var_names = h5ad_var_names(f, path)
+            if len(var_names) != shape[1]:
+                raise DataError(f"{path}: /{self.key} has {shape[1]} columns but var has {len(var_names)} names")
+            self._idx = select_features(var_names, features, path, expect_dim=expect_dim, channel_map=channel_map)
+            from . import parse_channel_map
+
+            cmap = parse_channel_map(channel_map)
+            self.feature_names = [cmap.get(var_names[i], var_names[i]) for i in self._idx]
+            if split_column is None and "split" in obs_cols:
+                split_column = "split"
+            keep = np.ones(n_cells, dtype=bool)
+            if split_column is not None and split is not None:
+                keep = read_h5ad_column(obs, split_column, path).astype(str) == split
+            if label_column is None and labels is None and "label" in obs_cols:
+                label_column = "label"
+            cell_labels = read_h5ad_column(obs, label_column, path) if label_column else None
+        missing = [i for i in np.flatnonzero(keep) if sets[i] is None]
+        if missing:
+            raise DataError(f"{path}: cell {missing[0]} has no set (obs/{set_column} is missing)")
+        order: dict = {}
+        for r in np.flatnonzero(keep):
+            order.setdefault(sets[r], []).append(r)
+        self.set_ids = [str(s) for s in order]
+        self.rows = [np.asarray(v, dtype=np.int64) for v in order.values()]
+        self.labels = None
+        if cell_labels is not None:
+            self.labels = []
+            for sid, r in zip(self.set_ids, self.rows):
+                vals = {str(v): v for v in cell_labels[r].tolist()}
+                if len(vals) != 1:
+                    raise DataError(f"{path}: label column {label_column!r} is not constant within set {sid!r}: "
+                                    f"{sorted(vals)[:5]}")
+                self.labels.append(next(iter(vals.values())))
+        elif labels is not None:
+            self.labels = labels_from_file(labels, self.set_ids, split)
+        self._file, self._pid = None, None
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_file"], d["_pid"] = None, None
+        return d
+
+    def _h5(self):
+        if self._file is None or self._pid != os.getpid():
+            self._file = open_h5(self.path)
+            self._pid = os.getpid()
+        return self._file
+
+    def __len__(self):
+        return len(self.rows)
+
+    def read(self, index):
+        r = self.rows[index]
+        M = self._h5()[self.key]
+        try:
+            if self.sparse:
+                lo, hi = int(r.min()), int(r.max()) + 1  # one read of the set's span of the CSR arrays
+                a, b = self.indptr[lo], self.indptr[hi]
+                data, cols = M["data"][a:b], M["indices"][a:b]
+                out = np.zeros((len(r), self.n_cols), dtype=np.float32)
+                for j, row in enumerate(r):
+                    s, e = self.indptr[row] - a, self.indptr[row + 1] - a
+                    out[j, cols[s:e]] = data[s:e]
+                return out[:, self._idx]
+            if len(r) and r[-1] - r[0] + 1 == len(r):
+                block = M[int(r[0]): int(r[-1]) + 1]
+            else:
+                block = M[np.sort(r)] if len(r) else np.zeros((0, M.shape[1]))
+            return np.asarray(block, dtype=np.float32)[:, self._idx]
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - h5py's errors on damaged files
+            raise DataError(f"{self.path}: cannot read /{self.key} rows of set {self.set_ids[index]!r}: {e}") from e
+
+
+SOURCE = Source("h5ad", "AnnData .h5ad with --set-column (an obs column)",
+                lambda p: p.is_file() and p.suffix.lower() == ".h5ad", H5ADReader)

@@ -1,0 +1,157 @@
+"""scikit-learn estimators over lists of sets: :class:`SetRegressor` and :class:`SetClassifier`.
+
+``X`` is a list of float arrays ``[n_i, D]`` (sets may differ in size), ``y`` one label per set. ``fit`` trains
+with the same Lightning training as ``deepsets train`` (validation hold-out, best checkpoint), so
+``sklearn.model_selection.cross_val_score``, ``GridSearchCV`` and ``clone`` work on them::
+
+    from deepsets import SetClassifier
+    clf = SetClassifier(model="deepsets++", depth=8, epochs=30, lr=1e-3)
+    clf.fit(train_sets, train_labels)          # labels of any type: strings, booleans, integers
+    clf.predict(test_sets), clf.predict_proba(test_sets), clf.classes_
+
+Constructor arguments: ``model``, ``depth``, ``epochs``, ``max_steps``, ``lr``, ``batch_size``, ``set_size``,
+``seed``, ``val_fraction``, ``out`` (a run folder to keep; default a temporary one), ``verbose``, and any
+``create_model`` keyword (``dim``, ``norm``, ``residual``, ``pool``, ``heads``, ``num_inducing``, ...).
+scikit-learn is an optional dependency (``pip install 'deepsets[sklearn]'``).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+except ImportError:  # pragma: no cover - the estimators need scikit-learn; the rest of deepsets does not
+    class BaseEstimator:  # noqa: D101 - only so that `import deepsets` works without scikit-learn
+        def __init__(self, *a, **k):
+            raise ImportError("deepsets.SetRegressor / SetClassifier need scikit-learn: pip install 'deepsets[sklearn]'")
+
+    ClassifierMixin = RegressorMixin = object
+
+__all__ = ["SetClassifier", "SetRegressor"]
+
+_MODEL_FIELDS = ("depth", "dim", "norm", "residual", "pool")
+
+
+class _SetEstimator(BaseEstimator):
+    _target = ""
+
+    def __init__(self, model: str = "deepsets++", depth: int | None = 4, epochs: int = 50, max_steps: int = -1,
+                 lr: float = 1e-3, batch_size: int = 32, set_size: int | None = 1000, seed: int = 0,
+                 val_fraction: float = 0.1, out: str | None = None, verbose: bool = False, **model_options):
+        self.model = model
+        self.depth = depth
+        self.epochs = epochs
+        self.max_steps = max_steps
+        self.lr = lr
+        self.batch_size = batch_size
+        self.set_size = set_size
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.out = out
+        self.verbose = verbose
+        self._model_options = dict(model_options)
+        for k, v in model_options.items():
+            setattr(self, k, v)
+
+    # scikit-learn reads the constructor's named arguments; create_model keywords are passed through as well
+    def get_params(self, deep: bool = True) -> dict:
+        params = super().get_params(deep)
+        params.update({k: getattr(self, k) for k in self._model_options})
+        return params
+
+    def set_params(self, **params):
+        for k, v in params.items():  # a create_model keyword that does not exist fails in fit, naming the valid ones
+            if k not in super().get_params():
+                self._model_options[k] = v
+            setattr(self, k, v)
+        return self
+
+    def _config(self, out: str):
+        from .train import TrainConfig
+
+        extra = dict(self._model_options)
+        fields = {k: extra.pop(k) for k in _MODEL_FIELDS if k in extra}
+        cfg = TrainConfig(task=self._target, model=self.model, depth=self.depth, epochs=self.epochs,
+                          max_steps=self.max_steps, lr=self.lr, batch_size=self.batch_size,
+                          set_size=self.set_size if self.set_size is not None else 0, seed=self.seed,
+                          val_fraction=self.val_fraction, out=out, progress=bool(self.verbose),
+                          model_options=extra, **fields)
+        return cfg
+
+    def _dataset(self, X, y=None, classes=None):
+        from .data import ListReader, SourceDataset
+
+        reader = ListReader(X, labels=y, source="X")
+        return SourceDataset(reader, target=self._target, classes=classes, task=self._target,
+                             set_size=self.set_size or None, seed=self.seed)
+
+    def fit(self, X, y):
+        from .train.run import load_checkpoint, quiet_lightning, train
+
+        y = list(np.asarray(y, dtype=object).reshape(len(y), -1)[:, 0]) if self._target == "classification" \
+            else np.asarray(y, dtype=np.float64)
+        ds = self._dataset(X, y)
+        self._fit_info(ds)
+        quiet_lightning(verbose=bool(self.verbose))
+        tmp = None
+        out = self.out
+        if out is None:
+            tmp = tempfile.TemporaryDirectory(prefix="deepsets-fit-")
+            out = tmp.name
+        try:
+            cfg = self._config(out)
+            summary = train(cfg, overwrite=True, dataset=ds, echo=(print if self.verbose else (lambda *a: None)))
+            module = load_checkpoint(Path(out) / "checkpoints" / "best.ckpt")
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        self.module_ = module
+        self.n_features_in_ = ds.in_dim
+        self.history_ = summary
+        return self
+
+    def _fit_info(self, ds):
+        pass
+
+    def _outputs(self, X) -> np.ndarray:
+        from .train.predict import predict_sets
+
+        if not hasattr(self, "module_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
+        ds = self._dataset(X)
+        ds.set_size = None  # predictions use whole sets
+        if ds.in_dim != self.n_features_in_:
+            raise ValueError(f"X has {ds.in_dim} features per element; the model was fitted on {self.n_features_in_}")
+        return np.stack(predict_sets(self.module_.model, ds))
+
+
+class SetRegressor(RegressorMixin, _SetEstimator):
+    """Deep set regression: ``predict(X)`` gives ``[n_sets]`` (or ``[n_sets, K]`` for ``K`` targets)."""
+
+    _target = "regression"
+
+    def predict(self, X):
+        out = self._outputs(X)
+        return out[:, 0] if out.shape[1] == 1 else out
+
+
+class SetClassifier(ClassifierMixin, _SetEstimator):
+    """Deep set classification with labels of any type; ``classes_`` in the order of ``predict_proba``."""
+
+    _target = "classification"
+
+    def _fit_info(self, ds):
+        self.classes_ = np.asarray(ds.classes, dtype=object if any(isinstance(c, str) for c in ds.classes) else None)
+
+    def predict_proba(self, X):
+        import torch
+
+        return torch.softmax(torch.from_numpy(self._outputs(X)).float(), -1).numpy()
+
+    def predict(self, X):
+        return self.classes_[self.predict_proba(X).argmax(1)]

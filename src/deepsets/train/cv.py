@@ -1,0 +1,96 @@
+"""``deepsets cv``: K-fold cross-validation of a training configuration.
+
+The task's training split is cut into ``K`` folds (``StratifiedKFold`` for classification, ``KFold``
+otherwise, shuffled with the config's seed; scikit-learn, the ``sklearn`` extra). Fold ``k`` trains in
+``OUT/fold-k/`` on the other folds (holding out ``val_fraction`` of them for checkpoint selection, as ``train``
+does) and tests its best checkpoint on the held-out fold. ``OUT/cv.json`` holds ``metric``, ``folds`` (one value
+per fold), ``mean`` and ``se`` (standard error over folds); a fold whose ``result.json`` exists is not trained
+again, so an interrupted cross-validation continues where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Subset
+
+from .config import TrainConfig
+
+
+def fold_splits(targets: np.ndarray, folds: int, stratify: bool, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    try:
+        from sklearn.model_selection import KFold, StratifiedKFold
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("cross-validation needs scikit-learn: pip install 'deepsets[sklearn]'") from e
+    n = len(targets)
+    if folds < 2 or folds > n:
+        raise ValueError(f"--folds must be between 2 and the number of sets ({n}), got {folds}")
+    if stratify:
+        counts = np.bincount(targets.astype(np.int64))
+        smallest = int(counts[counts > 0].min())
+        if smallest < folds:
+            raise ValueError(f"--folds {folds}: the smallest class has only {smallest} sets; stratified "
+                             f"cross-validation needs at least one per fold (use --folds {max(2, smallest)})")
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return list(splitter.split(np.zeros(n), targets))
+    return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(n)))
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    m = float(np.mean(values))
+    se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return m, se
+
+
+def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = None, echo=print) -> dict:
+    """Run K-fold cross-validation; returns the ``cv.json`` contents plus ``path``."""
+    from .io import atomic_write_text
+    from .run import evaluate_dataset, load_checkpoint, resolve_task, train
+
+    cfg = copy.deepcopy(cfg)
+    task = resolve_task(cfg, echo=echo)
+    out = Path(out or cfg.out or Path("runs") / f"cv-{task.name.rpartition(':')[2]}-{cfg.model}-s{cfg.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    from ..data import load_task
+
+    full = load_task(cfg.task, "train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
+                     fixed_subset=cfg.fixed_subset, **cfg.task_options)
+    from ..data._base import require_labels
+
+    require_labels(full)
+    targets = np.asarray([np.asarray(full.target_of(i)).reshape(-1)[0] for i in range(len(full))])
+    stratify = task.target == "classification"
+    splits = fold_splits(targets, folds, stratify, cfg.seed)
+    metric = task.metric
+    values, rows = [], []
+    t0 = time.time()
+    for k, (train_idx, test_idx) in enumerate(splits):
+        fold_dir = out / f"fold-{k}"
+        done = fold_dir / "result.json"
+        if done.is_file():
+            r = json.loads(done.read_text())
+        else:
+            fcfg = copy.deepcopy(cfg)
+            fcfg.out = str(fold_dir)
+            train(fcfg, overwrite=True, dataset=Subset(full, train_idx.tolist()), echo=lambda *a: None)
+            module = load_checkpoint(fold_dir / "checkpoints" / "best.ckpt")
+            test = Subset(copy.copy(full), test_idx.tolist())
+            r = evaluate_dataset(module, test, cfg.eval_subsets, cfg.batch_size)
+            r.update({"fold": k, "train_sets": len(train_idx), "test_sets": len(test_idx)})
+            atomic_write_text(done, json.dumps(r, indent=1))
+        rows.append(r)
+        values.append(r[metric])
+        echo(f"fold {k + 1}/{len(splits)}: {metric} {r[metric]:.4g} ({len(test_idx)} test sets) "
+             f"[{(time.time() - t0) / 60:.1f} min]")
+    mean, se = mean_se(values)
+    result = {"metric": metric, "folds": values, "mean": mean, "se": se, "k": len(splits),
+              "stratified": stratify, "task": cfg.task, "model": cfg.model, "seed": cfg.seed,
+              "details": rows, "config": cfg.to_dict()}
+    path = out / "cv.json"
+    atomic_write_text(path, json.dumps(result, indent=1, default=str))
+    result["path"] = str(path)
+    return result
