@@ -57,11 +57,11 @@ def test_chunked_requires_eval_mode():
 def test_predict_uses_exact_chunked_inference_for_huge_sets(tmp_path):
     import numpy as np
 
-    from deepsets.train.predict import NpySets, predict_sets
+    from deepsets.train.predict import open_input, predict_sets
 
     model = deepsets.create_model("settransformer++", 2, 1, depth=2, dim=16, num_inducing=4).eval()
     sets = np.random.default_rng(0).normal(size=(3, 300, 2)).astype(np.float32)
     np.save(tmp_path / "big.npy", sets)
-    outs = predict_sets(model, NpySets(tmp_path / "big.npy"), max_elements=100, chunk_size=37)
+    outs = predict_sets(model, open_input(tmp_path / "big.npy"), max_elements=100, chunk_size=37)
     ref = model(torch.from_numpy(sets)).detach().numpy()
     np.testing.assert_allclose(np.stack(outs), ref, rtol=1e-4, atol=1e-6)

@@ -333,9 +333,9 @@ def test_fcs_channel_map_reads_differently_named_channels(files, ckpt):
         load_task("hematocrit", "train", data=folder, **kw)
     ds = load_task("hematocrit", "train", data=folder, channel_map={"Volume": "RBC_Volume", "HC": "RBC_HC"}, **kw)
     ref = load_task("hematocrit", "train", data=folder, channels=["Volume", "HC"], set_size=0)
-    assert len(ds) == 4 and ds.channel_names == ["RBC_Volume", "RBC_HC"]
+    assert len(ds) == 4 and ds.feature_names == ["RBC_Volume", "RBC_HC"]
     assert torch.equal(ds[0][0], ref[0][0])
-    from deepsets.data.cytometry import parse_channel_map
+    from deepsets.data.sources import parse_channel_map
 
     assert parse_channel_map(["Volume=RBC_Volume", " HC = RBC_HC"]) == {"Volume": "RBC_Volume", "HC": "RBC_HC"}
     with pytest.raises(ValueError, match="FILE_CHANNEL=NAME"):

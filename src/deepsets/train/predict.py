@@ -117,7 +117,7 @@ def predict_file(checkpoint, input_path, output=None, batch_size: int = 64, **op
     ones the model was trained on (by name, for tables, FCS and ``.h5ad``), so a file whose columns come in
     another order, or an FCS folder for a model trained on a table, is read right.
     """
-    from ..data.sources import source_for
+    from ..data.sources import source_for, source_options_of
     from .io import atomic_write_text
     from .run import checkpoint_config, load_checkpoint
 
@@ -132,16 +132,8 @@ def predict_file(checkpoint, input_path, output=None, batch_size: int = 64, **op
     opts.update(given)
     if kind in ("table", "fcs", "h5ad") and "channels" not in opts and "features" not in opts and info.get("features"):
         opts["features"] = list(info["features"])
-    if kind == "arrays":
-        opts = {k: v for k, v in opts.items() if k == "key"}
-    elif kind != "table":
-        opts.pop("no_header", None)
-    if kind not in ("table", "h5ad"):
-        opts.pop("set_column", None)
-    if kind != "h5ad":
-        opts.pop("layer", None)
-    if kind not in ("fcs", "h5ad"):
-        opts.pop("channel_map", None)
+    accepted = source_options_of(input_path) | {"channels"}
+    opts = {k: v for k, v in opts.items() if k in accepted or k in given}  # the run's options the format takes
     ds = open_input(input_path, expect_dim=module.model.config.in_dim, **opts)
     if ds.in_dim != module.model.config.in_dim:
         raise DataError(f"{input_path}: sets have {ds.in_dim} features per element but the checkpoint's model "

@@ -401,8 +401,15 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
     module = load_checkpoint(checkpoint)
     hp = module.hparams
     cfg = checkpoint_config(module)
-    opts = dict(cfg.task_options) if data is None else {k: v for k, v in cfg.task_options.items()
-                                                         if k in LAYOUT_OPTIONS}
+    if data is None:
+        opts = dict(cfg.task_options)
+    else:  # the training run's layout options that the new file's format takes
+        from ..data.sources import source_options_of
+
+        accepted = source_options_of(data) | {"channels"}
+        if "features" in (task_options or {}) or "channels" in (task_options or {}):
+            accepted -= {"features", "channels"}
+        opts = {k: v for k, v in cfg.task_options.items() if k in LAYOUT_OPTIONS and k in accepted}
     opts.update(task_options or {})
     classes = (hp.get("data_info") or {}).get("classes")
     task = get_task(hp["task"])

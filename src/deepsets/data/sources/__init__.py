@@ -34,7 +34,7 @@ import numpy as np
 from .._base import DataError, SetDataset, check_exists
 from ..targets import Classification, get_target, infer_target
 
-__all__ = ["Source", "sources", "SetReader", "SourceDataset", "open_source", "parse_channel_map", "read_labels_file",
+__all__ = ["Source", "sources", "SetReader", "SourceDataset", "open_source", "parse_channel_map", "source_options_of", "read_labels_file",
            "select_features", "source_for"]
 
 
@@ -81,6 +81,11 @@ def source_for(path) -> Source:
     kinds = "; ".join(f"{s.name}: {s.description}" for s in _sources())
     raise DataError(f"{p}: unsupported input ({'a folder without .fcs files' if p.is_dir() else repr(p.suffix)}); "
                     f"readable sources: {kinds}")
+
+
+def source_options_of(path) -> set[str]:
+    """The options the source of ``path`` takes."""
+    return {k for k in inspect.signature(source_for(path).open).parameters if k not in ("path", "split")}
 
 
 def open_source(path, split: str | None = None, **options) -> SetReader:
@@ -160,7 +165,7 @@ def labels_from_file(path, set_ids: Sequence[str], split: str | None = None, ali
         hit = next((n for n in names if n in table), None)
         if hit is None:
             if not any(n in everything for n in names):
-                missing.append(sid)
+                missing.append(names[-1])  # FCS: the file's path in the folder
             out.append(None)
             continue
         used.add(hit)
