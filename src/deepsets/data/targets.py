@@ -55,14 +55,17 @@ class Regression(Target):
         """Raw labels (numbers, numeric strings, or ``[K]`` rows) -> float32 ``[sets, K]``, checked finite."""
         rows = []
         for i, v in enumerate(labels):
+            if v is None or isinstance(v, str) and not v.strip():
+                raise DataError(f"{what}: label of {label_of_set(i)}: expected a number, found an empty (missing) "
+                                f"label")
             try:
                 a = np.atleast_1d(np.asarray(v, dtype=np.float64)).reshape(-1)
             except (TypeError, ValueError):
-                raise DataError(f"{what}: label of {label_of_set(i)} is not a number (found {v!r}); for class "
+                raise DataError(f"{what}: label of {label_of_set(i)}: expected a number, found {v!r}; for class "
                                 f"labels use --target classification") from None
             if not np.isfinite(a).all():
-                raise DataError(f"{what}: label of {label_of_set(i)} is missing or not finite (expected a "
-                                f"number, found {v!r})")
+                raise DataError(f"{what}: label of {label_of_set(i)}: expected a finite number, found {v!r} "
+                                f"(a missing label?)")
             rows.append(a)
         if rows and len({len(r) for r in rows}) != 1:
             raise DataError(f"{what}: sets have different numbers of regression targets "

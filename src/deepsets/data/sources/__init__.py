@@ -45,6 +45,11 @@ class SetReader:
     feature_names: list[str] = []
     set_ids: list[str] = []
     labels: list | None = None
+    labels_source: str | None = None  # the labels file, where labels came from one (for messages)
+
+    def describe(self, index: int) -> str:
+        """How messages name set ``index``."""
+        return f"set {self.set_ids[index]!r}"
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -251,15 +256,16 @@ class SourceDataset(SetDataset):
             target = infer_target([v for v in labels if v is not None]) if self.has_labels else "regression"
         self.target = get_target(target)
         self.target_kind = self.target.kind
-        label_of = self.set_label
+        label_of = reader.describe
+        what = reader.labels_source or reader.source
         if self.target.name == "classification":
             self.classes = list(classes) if classes is not None else Classification.classes_of(labels)
             self.num_classes = self.out_dim = len(self.classes)
-            self.targets = (self.target.encode(labels, reader.source, label_of, self.classes) if self.has_labels
+            self.targets = (self.target.encode(labels, what, label_of, self.classes) if self.has_labels
                             else np.full(len(reader), -1, dtype=np.int64))
         elif self.target.name == "regression":
             self.classes = None
-            self.targets = (self.target.encode(labels, reader.source, label_of) if self.has_labels
+            self.targets = (self.target.encode(labels, what, label_of) if self.has_labels
                             else np.full((len(reader), 1), np.nan, dtype=np.float32))
             self.out_dim = int(self.targets.shape[1]) if len(self.targets) else 1
         else:

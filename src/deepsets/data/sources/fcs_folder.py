@@ -54,6 +54,7 @@ class FCSFolderReader(SetReader):
                      not any(n in everything for n in self._names(f))]
         self.files = files
         self.set_ids = [f.stem for f in files]
+        self.labels_source = str(lab_path) if lab_path.exists() else None
         self.labels = (labels_from_file(lab_path, self.set_ids, split, aliases=lambda i: self._names(files[i])[1:],
                                         all_names=all_names) if lab_path.exists() else None)
         self.channel_map = parse_channel_map(channel_map)
@@ -74,6 +75,9 @@ class FCSFolderReader(SetReader):
 
     def _names(self, f: Path) -> list[str]:
         return list(dict.fromkeys([f.stem, f.name, self._rel(f)]))
+
+    def describe(self, index):
+        return self._rel(self.files[index])
 
     def __len__(self):
         return len(self.files)

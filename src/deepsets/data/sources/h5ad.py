@@ -148,6 +148,7 @@ class H5ADReader(SetReader):
                 self.labels.append(next(iter(vals.values())))
         elif labels is not None:
             self.labels = labels_from_file(labels, self.set_ids, split)
+            self.labels_source = str(labels)
         self._file, self._pid = None, None
 
     def __getstate__(self):

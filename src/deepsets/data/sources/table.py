@@ -142,6 +142,7 @@ class TableReader(SetReader):
             if label_col is not None:
                 raise ValueError(f"{path}: give a label column or a labels file, not both")
             self.labels = labels_from_file(labels, self.set_ids, split)
+            self.labels_source = str(labels)
 
     # ------------------------------------------------------------------------------------------ indexing
     def _index(self, columns, set_col, label_col, split_col, feats, taken, no_header, split):
