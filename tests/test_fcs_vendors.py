@@ -486,3 +486,36 @@ def test_missing_file(tmp_path):
     p = tmp_path / "nope.fcs"
     with pytest.raises(DataError, match="nope.fcs"):
         read_fcs_file(p)
+
+
+# ------------------------------------------------------------------------------------------ through the CLI
+def test_folder_of_real_instrument_files_trains_and_predicts(fcs_dir, tmp_path, capsys):
+    """A folder of real files from several instruments (BD, Miltenyi) -> train, predict, and a clear line for a
+    corrupted file put among them."""
+    import shutil
+
+    from deepsets.cli import main
+
+    picked = [rel for rel in READABLE if {"FSC-A", "SSC-A"} <= set(read_fcs_file(_file(fcs_dir, rel)).pnn)]
+    assert len(picked) >= 6, picked
+    folder = tmp_path / "patients"
+    folder.mkdir()
+    rows = ["set,label"]
+    for i, rel in enumerate(picked):
+        shutil.copy(_file(fcs_dir, rel), folder / f"s{i:02d}.fcs")
+        rows.append(f"s{i:02d},{10 + i}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    tiny = ["--depth", "2", "--dim", "8", "--batch-size", "4", "--set-size", "128", "--no-progress"]
+    assert main(["train", "--data", str(folder), "--channels", "FSC-A", "SSC-A", "--epochs", "1", "--out", str(run),
+                 *tiny]) == 0
+    ckpt = str(run / "checkpoints" / "best.ckpt")
+    assert main(["predict", "--checkpoint", ckpt, "--input", str(folder), "--output", str(tmp_path / "p.csv")]) == 0
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "set,prediction" and [ln.split(",")[0] for ln in lines[1:]] == [f"s{i:02d}"
+                                                                                         for i in range(len(picked))]
+    shutil.copy(_file(fcs_dir, CORRUPTED), folder / "zz_bad.fcs")
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", ckpt, "--input", str(folder)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "zz_bad.fcs" in err[0] and "not an FCS file" in err[0], err

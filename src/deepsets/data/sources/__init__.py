@@ -44,8 +44,22 @@ class SetReader:
     source: str = ""
     feature_names: list[str] = []
     set_ids: list[str] = []
-    labels: list | None = None
     labels_source: str | None = None  # the labels file, where labels came from one (for messages)
+    _labels = _UNREAD = object()
+
+    @property
+    def labels(self) -> list | None:
+        """One raw label per set, or ``None``; read (and checked) on first use, so prediction never reads them."""
+        if self._labels is SetReader._UNREAD:
+            self._labels = self._read_labels()
+        return self._labels
+
+    @labels.setter
+    def labels(self, value) -> None:
+        self._labels = value
+
+    def _read_labels(self) -> list | None:
+        return None
 
     def describe(self, index: int) -> str:
         """How messages name set ``index``."""

@@ -55,8 +55,7 @@ class FCSFolderReader(SetReader):
         self.files = files
         self.set_ids = [f.stem for f in files]
         self.labels_source = str(lab_path) if lab_path.exists() else None
-        self.labels = (labels_from_file(lab_path, self.set_ids, split, aliases=lambda i: self._names(files[i])[1:],
-                                        all_names=all_names) if lab_path.exists() else None)
+        self._label_args = (lab_path, split, all_names)
         self.channel_map = parse_channel_map(channel_map)
         if files:
             pnn, pns = _fcs().fcs_channels(files[0])
@@ -75,6 +74,13 @@ class FCSFolderReader(SetReader):
 
     def _names(self, f: Path) -> list[str]:
         return list(dict.fromkeys([f.stem, f.name, self._rel(f)]))
+
+    def _read_labels(self):
+        lab_path, split, all_names = self._label_args
+        if not lab_path.exists():
+            return None
+        return labels_from_file(lab_path, self.set_ids, split, aliases=lambda i: self._names(self.files[i])[1:],
+                                all_names=all_names)
 
     def describe(self, index):
         return self._rel(self.files[index])

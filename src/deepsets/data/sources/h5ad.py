@@ -128,7 +128,8 @@ class H5ADReader(SetReader):
                 keep = read_h5ad_column(obs, split_column, path).astype(str) == split
             if label_column is None and labels is None and "label" in obs_cols:
                 label_column = "label"
-            cell_labels = read_h5ad_column(obs, label_column, path) if label_column else None
+            if label_column is not None and label_column not in obs_cols:
+                read_h5ad_column(obs, label_column, path)  # the error naming the columns there are
         missing = [i for i in np.flatnonzero(keep) if sets[i] is None]
         if missing:
             raise DataError(f"{path}: cell {missing[0]} has no set (obs/{set_column} is missing)")
@@ -137,19 +138,27 @@ class H5ADReader(SetReader):
             order.setdefault(sets[r], []).append(r)
         self.set_ids = [str(s) for s in order]
         self.rows = [np.asarray(v, dtype=np.int64) for v in order.values()]
-        self.labels = None
-        if cell_labels is not None:
-            self.labels = []
-            for sid, r in zip(self.set_ids, self.rows):
-                vals = {str(v): v for v in cell_labels[r].tolist()}
-                if len(vals) != 1:
-                    raise DataError(f"{path}: label column {label_column!r} is not constant within set {sid!r}: "
-                                    f"{sorted(vals)[:5]}")
-                self.labels.append(next(iter(vals.values())))
-        elif labels is not None:
-            self.labels = labels_from_file(labels, self.set_ids, split)
+        self._label_args = (label_column, labels, split)
+        if labels is not None:
             self.labels_source = str(labels)
         self._file, self._pid = None, None
+
+    def _read_labels(self):
+        label_column, labels, split = self._label_args
+        if labels is not None:
+            return labels_from_file(labels, self.set_ids, split)
+        if label_column is None:
+            return None
+        with open_h5(self.path) as f:
+            cell_labels = read_h5ad_column(f["obs"], label_column, self.path)
+        out = []
+        for sid, r in zip(self.set_ids, self.rows):
+            vals = {str(v): v for v in cell_labels[r].tolist()}
+            if len(vals) != 1:
+                raise DataError(f"{self.path}: label column {label_column!r} is not constant within set {sid!r}: "
+                                f"{sorted(vals)[:5]}")
+            out.append(next(iter(vals.values())))
+        return out
 
     def __getstate__(self):
         d = dict(self.__dict__)
