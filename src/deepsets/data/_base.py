@@ -133,9 +133,10 @@ def require_labels(ds) -> None:
     """Training and evaluation need a label for every set: raise :class:`DataError` for unlabeled data."""
     base = getattr(ds, "dataset", ds)
     if getattr(base, "has_labels", True) is False:
-        raise DataError(f"{getattr(base, 'source', 'data')}: no labels found (expected labels.csv with columns "
-                        f"file,label for FCS, or label_column=... / --label-column for .h5ad); labels are "
-                        f"needed to train or evaluate, `deepsets predict` works without them")
+        raise DataError(f"{getattr(base, 'source', 'data')}: no labels found (expected a label column: "
+                        f"label_column=... / --label-column, or a labels file with columns set,label: labels.csv in "
+                        f"an FCS folder or --labels FILE); labels are needed to train or evaluate, "
+                        f"`deepsets predict` works without them")
 
 
 def target_tensor(y: Any, kind: str) -> torch.Tensor:

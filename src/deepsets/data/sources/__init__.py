@@ -82,14 +82,15 @@ class Source:
     open: Callable[..., SetReader]
 
 
-_SOURCE_MODULES = ["table", "h5ad", "fcs_folder", "arrays"]
+def sources() -> list[Source]:
+    """Every source: the ``SOURCE`` of each module of this package (a new format is one new file)."""
+    import pkgutil
+
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return [importlib.import_module(f"{__name__}.{m}").SOURCE for m in names]
 
 
-def _sources() -> list[Source]:
-    return [importlib.import_module(f"{__name__}.{m}").SOURCE for m in _SOURCE_MODULES]
-
-
-sources = _sources
+_sources = sources
 
 
 def source_for(path) -> Source:

@@ -274,5 +274,14 @@ def h5_shapes(path: Path) -> dict:
         return {k: tuple(f[k].shape) for k in f.keys() if hasattr(f[k], "shape")}
 
 
-for _m in ("normal_var", "mnist_var", "point_cloud", "hematocrit", "anemia", "set_anomaly", "own"):
-    importlib.import_module(f"{__name__}.{_m}")
+def _import_presets() -> None:
+    """Import every task file of this package: the paper's six in the paper's order, then any others."""
+    import pkgutil
+
+    first = ["normal_var", "mnist_var", "point_cloud", "hematocrit", "anemia", "set_anomaly", "own"]
+    found = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    for name in first + [m for m in found if m not in first]:
+        importlib.import_module(f"{__name__}.{name}")
+
+
+_import_presets()
