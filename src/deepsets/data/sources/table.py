@@ -25,7 +25,7 @@ from .._base import DataError, data_dir
 from . import SetReader, Source, labels_from_file
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": None, ".parquet": None, ".pq": None}
-CHUNK_ROWS = 1 << 20
+CHUNK_ROWS = 1 << 18  # rows per chunk while indexing: bounds the memory of the pass over the file
 
 
 def _pandas():
@@ -70,11 +70,11 @@ def _chunks(path: Path, columns: list, no_header: bool):
     if _is_parquet(path):
         import pyarrow.parquet as pq
 
-        f = pq.ParquetFile(path)
+        f = pq.ParquetFile(path, pre_buffer=False)  # one row group in memory at a time
         names = f.schema_arrow.names
         cols = [names[c] for c in columns] if no_header else columns
         start = 0
-        for batch in f.iter_batches(batch_size=CHUNK_ROWS, columns=cols):
+        for batch in f.iter_batches(batch_size=CHUNK_ROWS, columns=cols, use_threads=False):
             df = batch.to_pandas()
             df.index = pd.RangeIndex(start, start + len(df))  # row numbers of the file, for messages
             start += len(df)
@@ -179,7 +179,7 @@ class TableReader(SetReader):
                     raise DataError(f"{self.path}: row {int(df.index[j])} has no set id (column {set_col!r} is "
                                     f"empty)")
                 local, uniq = pd.factorize(sid, sort=False)
-                glob = np.array([ids.setdefault(u, len(ids)) for u in uniq], dtype=np.int64)
+                glob = np.array([ids.setdefault(u, len(ids)) for u in uniq], dtype=np.int32)
                 codes = glob[local]
                 bad = ~np.isfinite(x)
                 if bad.any():
@@ -191,11 +191,13 @@ class TableReader(SetReader):
                 out.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
                 codes_parts.append(codes)
                 n_rows += len(df)
-        codes = np.concatenate(codes_parts) if codes_parts else np.zeros(0, np.int64)
+                del df, x, sid, local, codes
+        codes = np.concatenate(codes_parts) if codes_parts else np.zeros(0, np.int32)
+        del codes_parts
         if n_rows == 0:
             tmp.unlink(missing_ok=True)
             raise DataError(f"{self.path}: no rows" + (f" in split {split!r}" if split_col is not None else ""))
-        contiguous = bool((np.diff(codes) >= 0).all())
+        contiguous = bool((codes[1:] >= codes[:-1]).all())
         order_path = folder / f"{key}.order.npy"
         if contiguous:
             order_path.unlink(missing_ok=True)
@@ -207,9 +209,9 @@ class TableReader(SetReader):
                 "contiguous": contiguous, "rows": n_rows,
                 "labels": None if label_col is None else [labels[s] for s in ids]}
         os.replace(tmp, data_path)
-        from ...train.io import atomic_write_text
-
-        atomic_write_text(meta_path, json.dumps(meta))
+        tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
+        tmp_meta.write_text(json.dumps(meta))
+        os.replace(tmp_meta, meta_path)  # the index is complete once its meta file exists
         self._load_index(meta, order_path, data_path)
 
     def _features(self, df, feats, first_row) -> np.ndarray:
@@ -226,7 +228,9 @@ class TableReader(SetReader):
                                     f"holds {s.iloc[j]!r}; choose numeric columns with --features")
                 s = num
             cols.append(s.to_numpy(dtype=np.float64, na_value=np.nan))
-        return np.column_stack(cols) if cols else np.zeros((len(df), 0))
+        if not cols:
+            return np.zeros((len(df), 0))
+        return np.column_stack(cols)
 
     def _merge_labels(self, df, set_col, label_col, labels, seen):
         g = df.groupby(set_col, sort=False)[label_col]
