@@ -134,6 +134,17 @@ def test_cv_writes_cv_json(formats, tmp_path, capsys):
     assert "accuracy" in printed and "+-" in printed and "target: classification" in printed
     # every set is tested exactly once
     assert sum(d["test_sets"] for d in cv["details"]) == 12
+    # the same command continues (nothing retrained); other settings in the same folder are refused
+    mtime = (out / "fold-0" / "result.json").stat().st_mtime
+    argv = ["cv", "--data", str(formats["parquet"]), "--set-column", "patient", "--label-column", "label",
+            "--epochs", "2", "--out", str(out), *TINY]
+    assert main(["--debug", *argv[:1], "--folds", "3", *argv[1:]]) == 0
+    assert (out / "fold-0" / "result.json").stat().st_mtime == mtime
+    capsys.readouterr()
+    assert main([*argv[:1], "--folds", "4", *argv[1:]]) == 1
+    assert "other settings" in capsys.readouterr().err
+    assert main([*argv[:1], "--folds", "4", "--overwrite", *argv[1:]]) == 0
+    assert len(json.loads((out / "cv.json").read_text())["folds"]) == 4
 
 
 def test_regression_target_and_headerless_table(tmp_path, capsys):
@@ -188,7 +199,7 @@ def test_labels_file_for_tables_and_npy(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_column", "label_differs", "non_numeric", "nan", "empty_list",
-                                  "missing_feature"])
+                                  "missing_feature", "stray_text", "one_class", "no_header_flag"])
 def test_bad_input_gets_one_clear_line(tmp_path, case, capsys):
     df = cells(4)
     path = tmp_path / "bad.csv"
@@ -210,9 +221,20 @@ def test_bad_input_gets_one_clear_line(tmp_path, case, capsys):
     elif case == "missing_feature":
         args += ["--features", "FSC-A", "CD45"]
         expect = ["bad.csv", "'CD45' not found", "'SSC-A'"]
+    elif case == "stray_text":  # default features: a column of numbers with one text value is not dropped silently
+        df["FSC-A"] = df["FSC-A"].astype(object)
+        df.loc[9, "FSC-A"] = "n/a?"
+        expect = ["bad.csv", "'FSC-A' holds numbers but row 9", "n/a?"]
+    elif case == "one_class":
+        df["label"] = "high"
+        expect = ["bad.csv", "'high'", "at least two classes"]
+    elif case == "no_header_flag":
+        df = df[["patient", "FSC-A", "SSC-A"]].assign(patient=np.arange(len(df)) // 20, label=0.5)
+        args = ["--set-column", "0", "--label-column", "3"]
+        expect = ["bad.csv", "looks like data", "--no-header"]
     else:
         expect = ["set 1 is empty"]
-    df.to_csv(path, index=False)
+    df.to_csv(path, index=False, header=case != "no_header_flag")
     if case == "empty_list":
         from deepsets import SetClassifier
 

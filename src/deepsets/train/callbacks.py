@@ -85,6 +85,7 @@ class MetricsCSV(pl.Callback):
         self.metric_name, self.title = metric_name, title
         self.rows: list[dict] = []
         self.t0 = time.time()
+        self._plotted = time.time()  # the first drawing after PLOT_EVERY_S, or at the end
 
     def on_train_start(self, trainer, pl_module):  # after a checkpoint's loop state is restored
         self.t0 = time.time()
@@ -103,12 +104,28 @@ class MetricsCSV(pl.Callback):
         if trainer.is_global_zero:
             self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
             write_metrics(self.path, self.rows)
-            try:
-                from ..diagnostics.plots import plot_learning_curve
+            if time.time() - self._plotted >= self.PLOT_EVERY_S:
+                self.plot()
 
-                plot_learning_curve(self.rows, self.png, self.metric_name, self.title)
-            except ImportError:  # matplotlib is optional
-                pass
+    #: redraw the learning curve at most this often while training (drawing costs ~1 s; short fits would spend
+    #: most of their time on it); it is always drawn when training ends
+    PLOT_EVERY_S = 30.0
+    _plotted = 0.0
+
+    def plot(self) -> None:
+        if not self.rows:
+            return
+        try:
+            from ..diagnostics.plots import plot_learning_curve
+
+            plot_learning_curve(self.rows, self.png, self.metric_name, self.title)
+        except ImportError:  # matplotlib is optional
+            pass
+        self._plotted = time.time()
+
+    def on_fit_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            self.plot()
 
 
 def finite(v) -> bool:

@@ -55,10 +55,13 @@ def add_train_commands(sub) -> None:
                        description="Cross-validate: every fold trains on the other folds (with the train flags) "
                                    "and is tested on its held-out sets; writes OUT/cv.json and OUT/fold-K/.")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--overwrite", action="store_true", help="replace a cross-validation with other settings in --out")
     _add_training_flags(p)
     p.set_defaults(func=_cmd_cv)
 
-    p = sub.add_parser("eval", help="test metrics of a checkpoint (table + JSON)")
+    p = sub.add_parser("eval", help="test metrics of a checkpoint (table + JSON)",
+                       description="Test metrics of a checkpoint on the task's test split, or on --data in any "
+                                   "source format (the training run's set/label columns and features are kept).")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="test data in any source format (default: the data the model was trained on)")
     p.add_argument("--task", help="(checked against the checkpoint's task)")
@@ -131,8 +134,9 @@ def _cmd_train(args) -> int:
     final = summary["final"] or {}
     print(f"run folder: {summary['out']}  (epochs {summary['epochs_done']}, steps {summary['steps']})")
     if final:
+        metric = summary.get("metric", "metric")
         print(f"final: train_loss {final['train_loss']:.5g}  val_loss {final['val_loss']:.5g}  "
-              f"val_metric {final['val_metric']:.5g}")
+              f"val_{metric} {final['val_metric']:.5g}")
     return 0
 
 
@@ -140,7 +144,7 @@ def _cmd_cv(args) -> int:
     from .cv import cross_validate
 
     cfg = config_from_args(args)
-    result = cross_validate(cfg, folds=args.folds)
+    result = cross_validate(cfg, folds=args.folds, overwrite=args.overwrite)
     print(f"{result['metric']} {result['mean']:.4g} +- {result['se']:.2g} (mean +- s.e. over {args.folds} folds); "
           f"wrote {result['path']}")
     return 0
@@ -155,6 +159,13 @@ def _cmd_eval(args) -> int:
             raise ValueError(f"{args.checkpoint}: the checkpoint was trained on task {hp_task!r}, not {args.task!r}")
     result = evaluate(args.checkpoint, data=args.data, subsets=args.subsets,
                       task_options=source_options_from_args(args))
+    from ..data import get_task
+
+    if args.data is None and not get_task(result["task"]).paper:
+        import sys
+
+        print("note: no --data: evaluated on the data the model was trained on (its test split where the data "
+              "define one, else every set); pass --data TEST_FILE for held-out sets", file=sys.stderr)
     print(format_table(result))
     print(json.dumps(result))
     if args.json_out:
@@ -163,7 +174,9 @@ def _cmd_eval(args) -> int:
 
 
 def add_experiment_commands(sub) -> None:
-    p = sub.add_parser("predict", help="one prediction per set of a file (table, .h5ad, FCS, HDF5, .npy) -> CSV")
+    p = sub.add_parser("predict", help="one prediction per set of a file (table, .h5ad, FCS, HDF5, .npy) -> CSV",
+                       description="One prediction per set, keyed by the set id, as CSV. Whole sets are used; the "
+                                   "training run's set column and features are the defaults.")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", required=True, help="a table (.csv/.tsv/.parquet), .h5ad, .fcs or a folder of them "
                                                   "(one set per file), .h5/.hdf5 or .npy [sets, elements, features]")
@@ -208,7 +221,7 @@ def _cmd_predict(args) -> int:
     text, n = predict_file(args.checkpoint, args.input, args.output, batch_size=args.batch_size, key=args.key,
                            **source_options_from_args(args))
     if args.output:
-        print(f"wrote {n} predictions to {args.output}")
+        print(f"wrote {n} prediction{'s' if n != 1 else ''} to {args.output}")
     else:
         sys.stdout.write(text)
     return 0

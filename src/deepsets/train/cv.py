@@ -5,7 +5,8 @@ otherwise, shuffled with the config's seed; scikit-learn, the ``sklearn`` extra)
 ``OUT/fold-k/`` on the other folds (holding out ``val_fraction`` of them for checkpoint selection, as ``train``
 does) and tests its best checkpoint on the held-out fold. ``OUT/cv.json`` holds ``metric``, ``folds`` (one value
 per fold), ``mean`` and ``se`` (standard error over folds); a fold whose ``result.json`` exists is not trained
-again, so an interrupted cross-validation continues where it stopped.
+again, so an interrupted cross-validation continues where it stopped (the same command: ``OUT/cv-plan.json``
+records the folds and the config, and another plan in the same folder is refused unless ``--overwrite``).
 """
 from __future__ import annotations
 
@@ -46,8 +47,19 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return m, se
 
 
-def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = None, echo=print) -> dict:
-    """Run K-fold cross-validation; returns the ``cv.json`` contents plus ``path``."""
+def _plan(cfg: TrainConfig, folds: int, n_sets: int) -> dict:
+    """What the folds' results depend on: a cross-validation continues only with the same plan."""
+    c = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "progress", "num_workers")}
+    return json.loads(json.dumps({"folds": folds, "sets": n_sets, "config": c}, default=str))
+
+
+def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = None, overwrite: bool = False,
+                   echo=print) -> dict:
+    """Run K-fold cross-validation; returns the ``cv.json`` contents plus ``path``.
+
+    ``OUT/cv-plan.json`` records the folds and the config: rerunning the same command continues an interrupted
+    cross-validation; another config or fold count in the same folder is refused unless ``overwrite``.
+    """
     from .io import atomic_write_text
     from .run import evaluate_dataset, load_checkpoint, resolve_task, train
 
@@ -65,6 +77,18 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = No
     targets = np.asarray([np.asarray(full.target_of(i)).reshape(-1)[0] for i in range(len(full))])
     stratify = task.target == "classification"
     splits = fold_splits(targets, folds, stratify, cfg.seed)
+    plan, plan_path = _plan(cfg, folds, len(full)), out / "cv-plan.json"
+    if plan_path.is_file() and json.loads(plan_path.read_text()) != plan or \
+            not plan_path.is_file() and any(out.glob("fold-*")):
+        if not overwrite:
+            raise ValueError(f"{out} holds a cross-validation with other settings (folds, data or training "
+                             f"flags); choose another --out, or pass --overwrite to replace it")
+    if overwrite or not plan_path.is_file():
+        import shutil
+
+        for old in list(out.glob("fold-*")) + [out / "cv.json"]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+        atomic_write_text(plan_path, json.dumps(plan, indent=1))
     metric = task.metric
     values, rows = [], []
     t0 = time.time()

@@ -141,9 +141,12 @@ def quiet_lightning(verbose: bool = True) -> None:
     for pattern in (".*does not have many workers.*", ".*sync_dist=True.*", ".*LeafSpec.*is deprecated.*",
                     ".*weights_only.*", ".*litlogger.*", ".*isinstance\\(treespec, LeafSpec\\).*"):
         warnings.filterwarnings("ignore", message=pattern)
-    if not verbose:  # "GPU available: False ..." banners
-        for name in ("lightning.pytorch", "lightning.fabric"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # --resume
+    # "GPU available: False ...", "TPU available ..." and the logging tip: hardware banners, not advice
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.trainer.connectors.logger_connector.logger_connector",
+                 *(("lightning.pytorch", "lightning.fabric") if not verbose else ())):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -220,6 +223,30 @@ def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, ext
     )
 
 
+def _absolute_paths(cfg: TrainConfig) -> None:
+    """Data paths as absolute paths, so ``eval``/``predict`` of the checkpoint work from any folder."""
+    if isinstance(cfg.data, str) and Path(cfg.data).expanduser().exists():
+        cfg.data = str(Path(cfg.data).expanduser().resolve())
+    lab = cfg.task_options.get("labels")
+    if isinstance(lab, str) and Path(lab).expanduser().exists():
+        cfg.task_options["labels"] = str(Path(lab).expanduser().resolve())
+
+
+def init_output_scale(model, targets: np.ndarray) -> None:
+    """Start a regression model's output layer at the targets' scale: ``y = std * (W h + b) + mean``."""
+    t = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
+    if len(t) < 2:
+        return
+    mean, std = t.mean(0), t.std(0)
+    std = np.where(std > 0, std, 1.0)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == t.shape[1]][-1]
+    with torch.no_grad():
+        s = torch.as_tensor(std, dtype=last.weight.dtype)
+        last.weight.mul_(s[:, None])
+        if last.bias is not None:
+            last.bias.mul_(s).add_(torch.as_tensor(mean, dtype=last.bias.dtype))
+
+
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, dataset=None, echo=print) -> dict:
     """Train one model; returns a summary (and writes ``config.yaml``, ``metrics.csv``, checkpoints, PNG).
 
@@ -237,6 +264,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
         cfg.task = cfg.task or TrainConfig.load(Path(cfg.out) / "config.yaml").task  # the saved run's task
     if not launched_worker() or cfg.task is None:
         resolve_task(cfg, echo=echo if not launched_worker() else (lambda *a: None))
+    _absolute_paths(cfg)
     if cfg.out is None:
         cfg.out = default_out(cfg)
     if launched_worker():  # a DDP process started by Lightning: rank 0 has prepared the folder
@@ -256,6 +284,12 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
     kw = model_kwargs(cfg, dm.info)
     module = SetModule(cfg.model, kw, cfg.task, task.target, cfg.lr, train_config=cfg.to_dict(),
                        data_info=dm.info)
+    base, idx = unwrap(dm.train_set)
+    if task.scale_output and task.target == "regression" and hasattr(base, "targets") and not resume:
+        init_output_scale(module.model, np.asarray(base.targets)[idx])
+    if not task.paper and dm.info.get("features") and not launched_worker():
+        feats = dm.info["features"]
+        echo(f"features ({len(feats)}): {', '.join(feats[:12])}{' ...' if len(feats) > 12 else ''}")
     if not resume and not launched_worker():
         cfg.save(out / "config.yaml")
     title = f"{cfg.model} depth {module.model.config.depth} on {cfg.task}"
@@ -282,11 +316,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
         # the step budget ended mid-epoch: evaluate once more so the final state is in metrics.csv
         trainer.validate(module, datamodule=dm, verbose=False)
         metrics_cb.record(trainer, module, module.last_val)
+        metrics_cb.plot()
         trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
         if not (out / "checkpoints" / "best.ckpt").exists():  # no epoch finished: the final state is the best
             trainer.save_checkpoint(out / "checkpoints" / "best.ckpt")
     rows = read_metrics(out / "metrics.csv")
     summary = {"out": str(out), "model": cfg.model, "task": cfg.task, "depth": module.model.config.depth,
+               "metric": task.metric,
                "epochs_done": trainer.current_epoch, "steps": trainer.global_step,
                "final": rows[-1] if rows else None, "best_val_loss": min((r["val_loss"] for r in rows), default=None)}
     return summary

@@ -275,6 +275,9 @@ class SourceDataset(SetDataset):
         what = reader.labels_source or reader.source
         if self.target.name == "classification":
             self.classes = list(classes) if classes is not None else Classification.classes_of(labels)
+            if classes is None and self.has_labels and len(self.classes) < 2:
+                raise DataError(f"{what}: every set has the label {self.classes[0] if self.classes else None!r}; "
+                                f"classification needs at least two classes")
             self.num_classes = self.out_dim = len(self.classes)
             self.targets = (self.target.encode(labels, what, label_of, self.classes) if self.has_labels
                             else np.full(len(reader), -1, dtype=np.int64))

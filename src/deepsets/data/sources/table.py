@@ -106,9 +106,24 @@ def _resolve(col, columns: list, path: Path, no_header: bool, what: str):
         return j
     if col in columns:
         return col
-    if isinstance(col, str) and col.isdigit() and int(col) < len(columns):
-        return columns[int(col)]
-    raise DataError(f"{path}: {what} {col!r} not found; the table's columns are {columns}")
+    hint = " (a table without a header row? pass --no-header and name columns by 0-based index)" \
+        if str(col).isdigit() else ""
+    raise DataError(f"{path}: {what} {col!r} not found; the table's columns are {columns}{hint}")
+
+
+def _looks_numeric(name) -> bool:
+    try:
+        float(str(name))
+    except ValueError:
+        return False
+    return True
+
+
+def _check_header(columns: list, path: Path) -> None:
+    """A first row of numbers is data, not column names: refuse rather than train on shifted columns."""
+    if columns and sum(_looks_numeric(c) for c in columns) * 2 >= len(columns):
+        raise DataError(f"{path}: the first row looks like data, not column names ({columns[:6]}); for a table "
+                        f"without a header row pass --no-header and name columns by 0-based index")
 
 
 def _cache_key(path: Path, parts) -> str:
@@ -129,6 +144,8 @@ class TableReader(SetReader):
             raise DataError(f"{path}: no set column given: pass set_column=... (--set-column COL), the column "
                             f"naming each row's set; the table's columns are {cols}")
         columns = _column_names(self.path, no_header)
+        if not no_header:
+            _check_header(columns, self.path)
         set_col = _resolve(set_column, columns, self.path, no_header, "set column")
         label_col = _resolve(label_column, columns, self.path, no_header, "label column")
         split_col = _resolve(split_column, columns, self.path, no_header, "split column")
@@ -160,6 +177,15 @@ class TableReader(SetReader):
             first = next(_chunks(self.path, columns, no_header))
             feats = [c for c in columns if c not in taken and pd.api.types.is_numeric_dtype(first[c])
                      and not pd.api.types.is_bool_dtype(first[c])]
+            for c in columns:  # a column of numbers with a stray text value is an error, not a silent drop
+                if c in taken or c in feats or pd.api.types.is_bool_dtype(first[c]):
+                    continue
+                vals = first[c].dropna()
+                num = pd.to_numeric(vals, errors="coerce")
+                if len(vals) and num.notna().mean() >= 0.9:
+                    j = vals.index[num.isna().to_numpy()][0]
+                    raise DataError(f"{self.path}: column {c!r} holds numbers but row {int(j)} holds "
+                                    f"{vals[j]!r}; clean it, or choose the features with --features")
             if not feats:
                 raise DataError(f"{self.path}: no numeric feature columns besides the set/label columns; the "
                                 f"table's columns are {columns}; name them with --features")

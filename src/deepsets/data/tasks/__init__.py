@@ -44,6 +44,8 @@ class Task:
             cells, seed, verify, simulate).
         real_source, offline_default, offline_sizes, built_file: for ``deepsets data list``.
         paper: ``True`` for the paper's six tasks.
+        scale_output: regression: start the output layer at the training targets' mean and standard deviation
+            (so targets in any units train at the default learning rate); the paper's tasks train as the paper did.
     """
 
     name: str
@@ -64,6 +66,7 @@ class Task:
     offline_sizes: str = ""
     built_file: str | None = None
     paper: bool = False
+    scale_output: bool = False
 
     @property
     def target_kind(self) -> Target:

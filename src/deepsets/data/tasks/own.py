@@ -2,7 +2,8 @@
 
 ``deepsets train --data PATH --target regression|classification`` (or no ``--target``: classification for string
 or boolean labels, regression otherwise). Sets larger than ``set_size`` (1000) are subsampled afresh each epoch in
-training; evaluation and prediction see whole sets.
+training; evaluation and prediction see whole sets. Regression starts its output layer at the training targets'
+mean and standard deviation, so labels in any units (ages, concentrations) train at the default learning rate.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def _load(task, split, data, base, opts):
 
 _SOURCES = "tables (.csv/.tsv/.parquet), .h5ad, FCS folders, .npy/.h5, Python lists"
 REGRESSION = register_task(Task(
-    name="regression", target="regression", loader=_load, set_size=1000, epochs=50,
+    name="regression", target="regression", loader=_load, set_size=1000, epochs=50, scale_output=True,
     description="your sets -> one or more real numbers per set (MSE)", real_source=_SOURCES,
     offline_default="none: needs --data"))
 CLASSIFICATION = register_task(Task(
