@@ -103,6 +103,33 @@ def _describe_h5(path) -> list[str]:
     return lines
 
 
+def _describe_table(path: Path) -> list[str]:
+    """Columns, types and the first values of a table: what --set-column / --label-column / --features name."""
+    from .sources.table import _chunks, _column_names
+
+    cols = _column_names(path, False)
+    head = next(_chunks(path, cols, False)).head(3)
+    lines = [f"  table: {len(cols)} columns (name: type, first values); train with --data {path.name} "
+             f"--set-column COL --label-column COL"]
+    for c in cols:
+        lines.append(f"    {c!s}: {head[c].dtype}, {', '.join(map(str, head[c].tolist()))}")
+    return lines
+
+
+def _describe_h5ad(path: Path) -> list[str]:
+    from ._base import open_h5
+    from .sources.h5ad import h5ad_var_names
+
+    with open_h5(path) as f:
+        obs = [k for k in f["obs"] if not k.startswith("__") and k not in ("_index", "index")] if "obs" in f else []
+        var = h5ad_var_names(f, path) if "var" in f else []
+        layers = sorted(f["layers"].keys()) if "layers" in f else []
+        has_x = "X" in f
+    return [f"  AnnData: obs columns {obs} (--set-column, --label-column)",
+            f"  var names ({len(var)}): {var[:12]}{' ...' if len(var) > 12 else ''} (--channels)",
+            f"  X: {'yes' if has_x else 'no (use --layer)'}; layers: {layers or 'none'}"]
+
+
 def cmd_info(args) -> int:
     from .tasks import detect_task, load_task
 
@@ -121,13 +148,22 @@ def cmd_info(args) -> int:
 
             f = read_fcs_file(p)
             print(f"  FCS {f.version} file: {f.events.shape[0]} events, channels {f.pnn}")
-        elif p.suffix.lower() in (".csv", ".tsv", ".parquet", ".pq", ".h5ad", ".npy"):
-            pass
+        elif p.suffix.lower() in (".csv", ".tsv", ".tab", ".txt", ".parquet", ".pq"):
+            for ln in _describe_table(p):
+                print(ln)
+        elif p.suffix.lower() == ".h5ad":
+            for ln in _describe_h5ad(p):
+                print(ln)
+        elif p.suffix.lower() == ".npy":
+            import numpy as np
+
+            a = np.load(p, mmap_mode="r")
+            print(f"  array: shape={a.shape} dtype={a.dtype}")
         else:
             for ln in _describe_h5(p):
                 print(ln)
         print(f"  detected task: {task or 'unknown'}")
-        if task is not None and p.suffix.lower() not in (".fcs",):
+        if task is not None and p.suffix.lower() not in (".fcs", ".h5ad"):  # .h5ad needs --set-column
             for split in ("train", "test"):
                 try:
                     ds = load_task(task, split, data=p, set_size=0)

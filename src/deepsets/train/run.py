@@ -293,8 +293,8 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
     if not resume and not launched_worker():
         cfg.save(out / "config.yaml")
     title = f"{cfg.model} depth {module.model.config.depth} on {cfg.task}"
+    quiet_lightning(verbose=cfg.progress)  # before the Trainer prints its banners
     trainer = build_trainer(cfg, out, task.metric, title)
-    quiet_lightning(verbose=cfg.progress)
     ckpt_path = str(out / "checkpoints" / "last.ckpt") if resume else None
     if cfg.max_steps > 0:  # a step budget may end before the first validation; the final one is done below
         warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
