@@ -39,7 +39,6 @@ No other site is contacted, at run time or ever.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import importlib.metadata
 import os

@@ -309,7 +309,22 @@ def test_python_api_errors(files):
 
 def test_per_item_label_checks():
     """Labels checked on access too (sources too large to check whole at load)."""
-    from deepsets.data._base import ArraySetDataset
+    from deepsets.data._base import SetDataset
+
+    class ArraySetDataset(SetDataset):  # a source whose labels are only checked when a set is read
+        def __init__(self, sets, targets, *, task, target_kind, out_dim, num_classes=None, source="memory"):
+            super().__init__()
+            self.sets, self.targets, self.task, self.target_kind = sets, targets, task, target_kind
+            self.out_dim, self.num_classes, self.source, self.in_dim = out_dim, num_classes, source, 2
+
+        def __len__(self):
+            return len(self.sets)
+
+        def _raw_set(self, index):
+            return self.sets[index]
+
+        def _target(self, index):
+            return self.targets[index]
 
     sets = [np.ones((3, 2), np.float32)] * 3
     ds = ArraySetDataset(sets, [0, 1, 4], task="t", target_kind="class", out_dim=3, num_classes=3, source="mem")

@@ -14,7 +14,7 @@ import torch
 
 from deepsets.train import TrainConfig, evaluate, train
 from deepsets.train.callbacks import METRIC_COLUMNS, read_metrics
-from deepsets.train.reproduce import BUDGETS, budget_config
+from deepsets.train.reproduce import budget_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))

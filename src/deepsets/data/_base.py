@@ -8,7 +8,7 @@ than ``set_size``, a random subset of ``set_size`` elements is drawn; the subset
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -364,35 +364,3 @@ class SetDataset(Dataset):
             f"{type(self).__name__}(task={self.task!r}, sets={len(self)}, in_dim={self.in_dim}, "
             f"out_dim={self.out_dim}, set_size={self.set_size}, source={self.source!r})"
         )
-
-
-class ArraySetDataset(SetDataset):
-    """Sets held in memory: a list (or array) of ``[n_i, D]`` arrays and one target per set."""
-
-    def __init__(self, sets, targets, *, task: str, target_kind: str, out_dim: int,
-                 num_classes: int | None = None, transform: Callable | None = None, source: str = "memory",
-                 **kw):
-        super().__init__(**kw)
-        if len(sets) != len(targets):
-            raise DataError(f"{source}: {len(sets)} sets but {len(targets)} targets")
-        self.sets = sets
-        self.targets = targets
-        self.task = task
-        self.target_kind = target_kind
-        self.out_dim = out_dim
-        self.num_classes = num_classes
-        self.in_dim = int(np.asarray(sets[0]).shape[-1]) if len(sets) else 0
-        self._tf = transform
-        self.source = source
-
-    def __len__(self):
-        return len(self.sets)
-
-    def _raw_set(self, index):
-        return self.sets[index]
-
-    def _target(self, index):
-        return self.targets[index]
-
-    def _transform(self, x):
-        return self._tf(x) if self._tf is not None else x

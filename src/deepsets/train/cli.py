@@ -1,7 +1,6 @@
 """``deepsets train`` and ``deepsets eval``."""
 from __future__ import annotations
 
-import argparse
 import json
 
 

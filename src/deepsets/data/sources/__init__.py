@@ -90,15 +90,13 @@ def sources() -> list[Source]:
     return [importlib.import_module(f"{__name__}.{m}").SOURCE for m in names]
 
 
-_sources = sources
-
 
 def source_for(path) -> Source:
     p = check_exists(path)
-    for s in _sources():
+    for s in sources():
         if s.matches(p):
             return s
-    kinds = "; ".join(f"{s.name}: {s.description}" for s in _sources())
+    kinds = "; ".join(f"{s.name}: {s.description}" for s in sources())
     raise DataError(f"{p}: unsupported input ({'a folder without .fcs files' if p.is_dir() else repr(p.suffix)}); "
                     f"readable sources: {kinds}")
 
