@@ -137,6 +137,87 @@ def set_classifier_fit_predict(name: str, **overrides) -> FitPredict:
     return fit_predict
 
 
+ENSEMBLE_SEEDS = (0, 1, 2, 3, 4)
+
+
+def _fit_set_classifier(params: dict, tr, labels):
+    from deepsets import SetClassifier
+
+    clf = SetClassifier(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's notes about few batches / workers
+        clf.fit(tr, np.asarray(labels))
+    return clf
+
+
+def set_ensemble_fit_predict(name: str, seeds: Sequence[int] = ENSEMBLE_SEEDS, **overrides) -> FitPredict:
+    """Average predict_proba of len(seeds) SetClassifier fits (seed = each of ``seeds``), predict the argmax."""
+    params = {**SET_COMMON, **SET_MODELS[name], **overrides}
+
+    def fit_predict(train_bags, train_labels, test_bags) -> np.ndarray:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(SET_THREADS)
+        try:
+            tr, te = standardize_bags(train_bags, test_bags)
+            proba, classes = None, None
+            for s in seeds:
+                clf = _fit_set_classifier({**params, "seed": s}, tr, train_labels)
+                if classes is None:
+                    classes = clf.classes_
+                elif list(clf.classes_) != list(classes):
+                    raise RuntimeError(f"classes differ between seeds: {clf.classes_} vs {classes}")
+                p = clf.predict_proba(te)
+                proba = p if proba is None else proba + p
+            return np.asarray(classes[(proba / len(seeds)).argmax(1)], dtype=np.int64)
+        finally:
+            torch.set_num_threads(threads)
+
+    fit_predict.__doc__ = (f"mean predict_proba of {len(seeds)} deepsets.SetClassifier({params} with seed in "
+                           f"{list(seeds)}) fits, argmax; instance features standardized by a StandardScaler fit "
+                           f"on the training fold's instances; torch.set_num_threads({SET_THREADS})")
+    return fit_predict
+
+
+NESTED_INNER_FOLDS = 3
+# Overrides of SET_COMMON + SET_MODELS["deepsets++"]; ties go to the first listed.  Two candidates (not
+# sum/mean/max) so that the three data sets fit a ~35 min budget on a shared 2-core CPU (7 fits per outer fold).
+NESTED_CANDIDATES = {
+    "pool=sum": dict(pool="sum"),
+    "pool=max": dict(pool="max"),
+}
+
+
+def set_nested_fit_predict(name: str, candidates: dict = NESTED_CANDIDATES,
+                           inner_folds: int = NESTED_INNER_FOLDS) -> FitPredict:
+    """Choose a config by inner stratified CV accuracy on the training fold only, refit on it, predict."""
+    inner = {k: set_classifier_fit_predict(name, **v) for k, v in candidates.items()}
+
+    def fit_predict(train_bags, train_labels, test_bags) -> np.ndarray:
+        y = np.asarray(train_labels)
+        skf = StratifiedKFold(n_splits=inner_folds, shuffle=True, random_state=FOLD_SEED)
+        splits = list(skf.split(np.zeros(len(y)), y))
+        scores = {}
+        for key, fp in inner.items():
+            accs = [float(np.mean(fp([train_bags[i] for i in a], y[a], [train_bags[i] for i in b]) == y[b]))
+                    for a, b in splits]
+            scores[key] = float(np.mean(accs))
+        best = max(scores, key=lambda k: (scores[k], -list(scores).index(k)))
+        fit_predict.choices.append({"chosen": best, "inner_accuracy": scores})  # type: ignore[attr-defined]
+        print(f"    nested: inner {inner_folds}-fold accuracy {scores} -> {best}", file=sys.stderr, flush=True)
+        return inner[best](train_bags, y, test_bags)
+
+    fit_predict.choices = []  # type: ignore[attr-defined]
+    base = {**SET_COMMON, **SET_MODELS[name]}
+    fit_predict.__doc__ = (f"deepsets.SetClassifier({base}) with one of {candidates} chosen per outer training "
+                           f"fold by StratifiedKFold({inner_folds}, shuffle=True, random_state={FOLD_SEED}) "
+                           f"accuracy on that training fold only (ties -> first listed), then refit on the whole "
+                           f"training fold; instances standardized on each (inner or outer) training part; "
+                           f"torch.set_num_threads({SET_THREADS})")
+    return fit_predict
+
+
 # ============================================================================
 # MODELS: the hook for further models.  name -> fit_predict(train_bags,
 # train_labels, test_bags) -> predicted 0/1 labels for test_bags.
@@ -145,6 +226,8 @@ MODELS: dict[str, FitPredict] = {
     "baseline": baseline_fit_predict,
     "deepsets++": set_classifier_fit_predict("deepsets++"),
     "settransformer++": set_classifier_fit_predict("settransformer++"),
+    "deepsets++ (ensemble)": set_ensemble_fit_predict("deepsets++"),
+    "deepsets++ (nested)": set_nested_fit_predict("deepsets++"),
 }
 
 
@@ -176,11 +259,16 @@ def run(data: Sequence[str], models: Sequence[str]) -> list[dict]:
         bags, labels, bag_ids = load_mil(name)
         fold_list = folds(labels)
         for model in models:
+            choices = getattr(MODELS[model], "choices", None)
+            if choices is not None:
+                choices.clear()
             res = evaluate(MODELS[model], bags, labels, fold_list)
+            if choices is not None:
+                res["fold_choices"] = list(choices)
             res.update(data=name, model=model,
                        folds=[[bag_ids[i] for i in test] for _, test in fold_list])
             results.append(res)
-            print(f"  {name:9s} {model:12s} {res['mean']:.3f} +- {res['se']:.3f}  ({res['seconds']:.1f} s)",
+            print(f"  {name:9s} {model:22s} {res['mean']:.3f} +- {res['se']:.3f}  ({res['seconds']:.1f} s)",
                   file=sys.stderr, flush=True)
     return results
 
