@@ -348,3 +348,14 @@ def test_string_labels_with_torch_targets():
     ds = SourceDataset(ListReader([np.ones((2, 1))] * 3, labels=[True, False, True]), target=None)
     assert ds.classes == [False, True] and ds.target.name == "classification"
     assert [int(ds[i][1]) for i in range(3)] == [1, 0, 1] and ds[0][1].dtype == torch.int64
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "h5ad", "fcs"])
+def test_every_format_trains_through_the_cli(formats, kind, tmp_path):
+    extra = ["--set-column", "patient", "--label-column", "label"] if kind != "fcs" else []
+    out = tmp_path / kind
+    assert main(["train", "--data", str(formats[kind]), *extra, "--epochs", "1", "--out", str(out), *TINY]) == 0
+    from deepsets.train import load_checkpoint
+
+    info = load_checkpoint(out / "checkpoints" / "best.ckpt").hparams["data_info"]
+    assert info["classes"] == ["high", "low"] and info["features"] == ["FSC-A", "SSC-A"] and info["sets"] == 12
