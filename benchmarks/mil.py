@@ -184,8 +184,8 @@ NESTED_INNER_FOLDS = 3
 # Overrides of SET_COMMON + SET_MODELS["deepsets++"]; ties go to the first listed.  Two candidates (not
 # sum/mean/max) so that the three data sets fit a ~35 min budget on a shared 2-core CPU (7 fits per outer fold).
 NESTED_CANDIDATES = {
-    "pool=sum": dict(pool="sum"),
-    "pool=max": dict(pool="max"),
+    "pool=sum": {"pool": "sum"},
+    "pool=max": {"pool": "max"},
 }
 
 
