@@ -11,7 +11,7 @@ import time
 import torch
 
 import deepsets
-from deepsets.models.chunked import chunked_forward
+from deepsets.models import chunked_forward
 
 name, depth = sys.argv[1], int(sys.argv[2])
 n = int(sys.argv[3]) if len(sys.argv) > 3 else 1_000_000

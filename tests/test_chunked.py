@@ -6,9 +6,9 @@ import deepsets
 from deepsets.models import chunked_forward, get_preset
 from deepsets.testing import random_padded_batch
 
-NORMS = ["set", "layer", "feature", "none"]
+NORMS = sorted(deepsets.nn.NORMS)
 GRID = [(name, norm, res) for name in deepsets.list_models() for norm in NORMS
-        for res in (["clean", "nonclean", "none"] if "deepsets" in name else ["clean", "nonclean"])
+        for res in get_preset(name).config_cls.residuals
         if get_preset(name).defaults["residual"] == res or name.endswith("++")]
 
 

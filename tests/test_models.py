@@ -15,14 +15,13 @@ from deepsets.testing import (
     random_padded_batch,
 )
 
-NORMS = ["set", "layer", "feature", "none"]
-FAMILY_RESIDUALS = {"DeepSets": ["clean", "nonclean", "none"], "SetTransformer": ["clean", "nonclean"]}
+NORMS = sorted(deepsets.nn.NORMS)  # every registered norm and wiring of every registered family
+FAMILY_RESIDUALS = {get_preset(n).model_cls.__name__: get_preset(n).config_cls.residuals for n in deepsets.list_models()}
 
 
 def _grid():
     for name in deepsets.list_models():
-        family = get_preset(name).model_cls.__name__
-        for norm, residual in itertools.product(NORMS, FAMILY_RESIDUALS[family]):
+        for norm, residual in itertools.product(NORMS, get_preset(name).config_cls.residuals):
             yield name, norm, residual
 
 

@@ -175,17 +175,21 @@ def test_attention_to_empty_key_set_is_zero():
     assert torch.isfinite(out).all() and out[1].abs().max() == 0
 
 
-@pytest.mark.parametrize("residual", ["clean", "nonclean"])
+@pytest.mark.parametrize("norm", sorted(dnn.NORMS))
+@pytest.mark.parametrize("residual", dnn.RESIDUALS)
 @pytest.mark.parametrize("block", ["sab", "isab", "deepsets"])
-def test_blocks_equivariant_and_zero_padding(block, residual):
-    from deepsets.testing import check_padding_invariance, check_permutation_equivariance
+def test_blocks_equivariant_and_zero_padding(block, residual, norm):
+    from deepsets.testing import (
+        check_padding_invariance,
+        check_permutation_equivariance,
+    )
 
-    dim = 8
+    dim, norm_layer = 8, dnn.NORMS[norm]
     layer = {
-        "sab": lambda: dnn.SAB(dim, dim, heads=2, norm="set", residual=residual),
-        "isab": lambda: dnn.ISAB(dim, dim, heads=2, num_inducing=4, norm="set", residual=residual),
-        "deepsets": lambda: dnn.DeepSetsBlock(dim, norm="set", residual=residual),
-    }[block]().double()
+        "sab": lambda: dnn.SAB(dim, dim, heads=2, norm_layer=norm_layer, residual=residual),
+        "isab": lambda: dnn.ISAB(dim, dim, heads=2, num_inducing=4, norm_layer=norm_layer, residual=residual),
+        "deepsets": lambda: dnn.DeepSetsBlock(dim, norm_layer, residual=residual, bias=norm == "none"),
+    }[block]().double().eval()
     x, mask = random_padded_batch(4, 9, dim)
     x = x.masked_fill(~mask.unsqueeze(-1), 0.0)  # layers assume finite padding; models clear it themselves
     out = layer(x, mask)
@@ -197,11 +201,11 @@ def test_blocks_equivariant_and_zero_padding(block, residual):
 
 def test_clean_block_is_identity_plus_residual():
     """The clean-path block is literally x + f(x): zeroing the last linear layer gives the identity."""
-    blk = dnn.DeepSetsBlock(6, norm="set", residual="clean")
+    blk = dnn.DeepSetsBlock(6, dnn.SetNorm, residual="clean")
     torch.nn.init.zeros_(blk.fc2.weight)
     x = torch.randn(3, 7, 6)
     torch.testing.assert_close(blk(x), x)
     # the non-clean block does not reduce to the identity: a ReLU sits on the skip path
-    nb = dnn.DeepSetsBlock(6, norm="set", residual="nonclean")
+    nb = dnn.DeepSetsBlock(6, dnn.SetNorm, residual="nonclean")
     torch.nn.init.zeros_(nb.fc2.weight)
     torch.testing.assert_close(nb(x), F.relu(x))

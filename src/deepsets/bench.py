@@ -14,7 +14,7 @@ What is measured, in one process, interleaved so that a change in machine load h
   backward). Norms, activations, pooling and the optimizer are not counted.
 - ``gflops_per_s = useful_gflop / step_s``; ``gemm_gflops_per_s = replayed FLOPs / gemm_s``. Their ratio is the
   share of the machine's matmul speed the model turns into useful work (1.0 = as fast as its matmuls alone).
-  The recording runs under a dispatch mode, where the layer-level CPU kernels (:mod:`deepsets.nn.fused`) step
+  The recording runs under a dispatch mode, where the layer-level CPU kernels (:mod:`deepsets.backends.cpu`) step
   aside, so the replay runs each product over all rows as one ``torch.mm``. Those kernels run the same products
   in cache-sized tiles of rows, which can be faster than the replay: the ratio can then exceed 1.
 - with ``--precision bf16-mixed`` / ``16-mixed``: also ``gemm_amp_gflops_per_s``, the same replay in the
@@ -32,7 +32,7 @@ from contextlib import nullcontext
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .nn import kernels as _kernels
+from .backends.cpu import kernels as _kernels
 from .runtime import allocator_tuned
 
 aten = torch.ops.aten

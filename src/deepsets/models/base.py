@@ -5,8 +5,8 @@ from dataclasses import asdict, dataclass, fields
 
 from torch import Tensor, nn
 
-from ..nn.masking import PackedSets, check_nonempty, check_sets, clear_padding, zero_padding
-from ..nn.norms import resolve_choice
+from ..nn.masking import check_nonempty, check_sets, clear_padding, zero_padding
+from ..nn.norms import norm_layer, resolve_choice
 
 OUTPUTS = ("set", "elements")
 
@@ -33,6 +33,16 @@ class SetModelConfig:
         resolve_choice("norm", self.norm, NORMS)
         resolve_choice("output", self.output, OUTPUTS)
 
+    @property
+    def norm_layer(self):
+        """The norm class that ``norm`` names (resolved once here; layers take the class)."""
+        return norm_layer(self.norm)
+
+    @property
+    def bias(self) -> bool:
+        """Linear layers that feed a norm have no bias, except with ``norm="none"`` (the paper's code)."""
+        return self.norm == "none"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -53,9 +63,6 @@ class SetModel(nn.Module):
     """
 
     config: SetModelConfig
-    #: True for families whose layers all accept packed rows (``deepsets.nn.PackedSets``): with a mask, such a
-    #: model runs on the valid elements only, back to back, and never computes anything for padding.
-    packs_sets: bool = False
 
     def __init__(self, config: SetModelConfig):
         super().__init__()
@@ -73,24 +80,33 @@ class SetModel(nn.Module):
     def decode_elements(self, h: Tensor, z: Tensor, mask: Tensor | None) -> Tensor:  # -> [B, N, out]
         raise NotImplementedError
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def encode_chunked(self, x: Tensor, run) -> Tensor:  # one huge set [n, D] -> [n, H]
+        """How this family is evaluated in chunks (:mod:`deepsets.backends.chunked`): the encoder, stage by stage,
+        on ``run``'s primitives."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare how it is evaluated in chunks "
+                                  f"(encode_chunked / pool_chunked)")
+
+    def pool_chunked(self, h: Tensor, run) -> Tensor:  # [n, H] -> [1, H']
+        raise NotImplementedError(f"{type(self).__name__} does not declare how it is evaluated in chunks "
+                                  f"(encode_chunked / pool_chunked)")
+
+    def check_input(self, x: Tensor, mask: Tensor | None) -> Tensor | None:
+        """Validate a batch (shapes, dtypes, features, no empty set) and return the mask."""
         mask = check_sets(x, mask)
         if x.shape[-1] != self.config.in_dim:
             raise ValueError(
                 f"x has {x.shape[-1]} features per element but the model expects in_dim={self.config.in_dim}"
             )
         check_nonempty(mask, x.shape[1])
-        if mask is not None and self.packs_sets:
-            sets = PackedSets(mask)
-            x = sets.pack(x)  # padded rows (whatever they hold) are never read
-        else:
-            sets = mask
-            x = clear_padding(x, mask)
-        h = self.encode(x, sets)
-        z = self.pool(h, sets)
+        return mask
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        mask = self.check_input(x, mask)
+        x = clear_padding(x, mask)  # padded rows may hold anything, inf and NaN included
+        h = self.encode(x, mask)
+        z = self.pool(h, mask)
         if self.config.output == "elements":
-            out = self.decode_elements(h, z, sets)
-            return sets.unpack(out) if isinstance(sets, PackedSets) else zero_padding(out, mask)
+            return zero_padding(self.decode_elements(h, z, mask), mask)
         return self.decode(z)
 
     def extra_repr(self) -> str:

@@ -12,13 +12,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.masking import PackedSets, zero_padding
-from ..nn.norms import make_norm, resolve_choice
+from ..nn.masking import zero_padding
+from ..nn.norms import NoNorm, resolve_choice
 from ..nn.pooling import POOLS, Pool
 from ..nn.residual import DeepSetsBlock
+from ..nn.sequential import SetSequential
 from .base import SetModel, SetModelConfig
 
 
@@ -27,23 +30,24 @@ class DeepSetsConfig(SetModelConfig):
     depth: int = 50  # the paper's "No. layers"; Table 1 uses 50 for this family
     residual: str = "clean"  # clean (Deep Sets++) | nonclean | none (the Deep Sets baseline)
     pool: str = "sum"  # sum | mean | max (paper: sum; max for point clouds)
+    residuals: ClassVar[tuple[str, ...]] = ("clean", "nonclean", "none")
 
     def __post_init__(self):
         super().__post_init__()
-        resolve_choice("residual for the Deep Sets family", self.residual, ("clean", "nonclean", "none"))
+        resolve_choice("residual for the Deep Sets family", self.residual, self.residuals)
         resolve_choice("pool for the Deep Sets family", self.pool, POOLS)
 
 
 class LinearNormReLU(nn.Module):
     """``ReLU(norm(W x))``: one layer of the baseline Deep Sets encoder."""
 
-    def __init__(self, dim_in: int, dim: int, norm: str):
+    def __init__(self, dim_in: int, dim: int, norm_layer=NoNorm, bias: bool = False):
         super().__init__()
-        self.fc = nn.Linear(dim_in, dim, bias=norm == "none")
-        self.norm = make_norm(norm, dim)
+        self.fc = nn.Linear(dim_in, dim, bias=bias)
+        self.norm = norm_layer(dim)
 
-    def forward(self, x: Tensor, mask=None) -> Tensor:
-        return self.norm(self.fc(x), mask, relu=True)
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return F.relu(self.norm(self.fc(x), mask))
 
 
 def decoder_mlp(dim: int, out_dim: int) -> nn.Sequential:
@@ -60,46 +64,56 @@ class DeepSets(SetModel):
     """Deep Sets / Deep Sets++: an element-wise (or residual) encoder phi, masked pooling, decoder rho."""
 
     config: DeepSetsConfig
-    packs_sets = True  # every layer is per element or per set: padded batches run on packed rows
 
     def __init__(self, config: DeepSetsConfig):
         super().__init__(config)
         c = config
-        H, bias = c.dim, c.norm == "none"
+        H, norm, bias = c.dim, c.norm_layer, c.bias
         if c.residual == "none":
-            n_layers = 2 * (c.depth // 2) + 1
-            self.layers = nn.ModuleList(
-                [LinearNormReLU(c.in_dim if i == 0 else H, H, c.norm) for i in range(n_layers)]
+            self.layers = SetSequential(
+                [LinearNormReLU(c.in_dim if i == 0 else H, H, norm, bias) for i in range(2 * (c.depth // 2) + 1)]
             )
             self.final_norm = None
         else:
             self.input = nn.Linear(c.in_dim, H, bias=bias)
-            self.layers = nn.ModuleList([DeepSetsBlock(H, c.norm, c.residual) for _ in range(c.depth // 2)])
+            self.layers = SetSequential([DeepSetsBlock(H, norm, c.residual, bias) for _ in range(c.depth // 2)])
             # Clean path: the residual stream is normalized once before leaving the encoder.
-            self.final_norm = make_norm(c.norm, H) if c.residual == "clean" else None
+            self.final_norm = norm(H) if c.residual == "clean" else None
         self.output = nn.Linear(H, H)
         self.pooling = Pool(c.pool)
         self.rho = decoder_mlp(H, c.out_dim)
 
-    def encode(self, x: Tensor, mask=None) -> Tensor:
-        if self.config.residual == "none":
-            h = x
-            for layer in self.layers:
-                h = layer(h, mask)
-        else:
-            h, stats = zero_padding(self.input(x), mask), None
-            for layer in self.layers:  # each block hands the next its output's set statistics, where it has them
-                h, stats = layer.forward_stats(h, mask, stats)
-        if self.final_norm is not None:
-            h = self.final_norm(h, mask, relu=True)
-        return self.output(h)  # padded rows hold the bias; pooling and heads use the mask
+    def encode(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.finish(self.layers(self.embed(x, mask), mask), mask)
 
-    def pool(self, h: Tensor, mask=None) -> Tensor:
+    def embed(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The input layer of the residual encoders (the baseline's first layer is one of its ``layers``)."""
+        return x if self.config.residual == "none" else zero_padding(self.input(x), mask)
+
+    def finish(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+        """After the blocks: ReLU(norm(h)) on a clean path, then the output layer (padded rows hold its bias;
+        pooling and heads use the mask)."""
+        if self.final_norm is not None:
+            h = F.relu(self.final_norm(h, mask))
+        return self.output(h)
+
+    def pool(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.pooling(h, mask)
 
     def decode(self, z: Tensor) -> Tensor:
         return self.rho(z)
 
-    def decode_elements(self, h: Tensor, z: Tensor, mask) -> Tensor:
+    def decode_elements(self, h: Tensor, z: Tensor, mask: Tensor | None) -> Tensor:
         # Equivariant head: each element's features plus the pooled set summary, through rho.
-        return self.rho(h + (mask.expand(z) if isinstance(mask, PackedSets) else z.unsqueeze(1)))
+        return self.rho(h + z.unsqueeze(1))
+
+    # Chunked inference: every layer is per element or per set, so each is one pass over the rows (plus one per
+    # set norm it contains, for the statistics); the pooling accumulates.
+    def encode_chunked(self, x: Tensor, run) -> Tensor:
+        h = run.rows(self.embed, x)
+        for layer in self.layers:
+            h = run.rows(layer, h)
+        return run.rows(self.finish, h)
+
+    def pool_chunked(self, h: Tensor, run) -> Tensor:
+        return run.pool(self.config.pool, h)

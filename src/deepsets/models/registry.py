@@ -80,25 +80,33 @@ def model_config(name: str, in_dim: int, out_dim: int, **overrides) -> SetModelC
     return preset.config_cls(in_dim=in_dim, out_dim=out_dim, **kwargs)
 
 
-def create_model(name: str, in_dim: int, out_dim: int, **overrides) -> SetModel:
+def create_model(name: str, in_dim: int, out_dim: int, backend: str = "auto", **overrides) -> SetModel:
     """Build a registered model with the paper's defaults, any keyword overriding them.
+
+    ``backend``: ``"auto"`` (default) swaps in the fast CPU modules of :mod:`deepsets.backends` where they fit
+    (same parameters and ``state_dict`` keys; each falls back to the reference layer where it does not apply);
+    ``"reference"`` keeps the reference layers of :mod:`deepsets.nn` only.
 
     >>> model = create_model("deepsets++", in_dim=2, out_dim=1, depth=50)
     >>> model(x, mask)  # x: [B, N, 2], mask: bool[B, N] -> [B, 1]
     """
+    from ..backends import apply
+
     config = model_config(name, in_dim, out_dim, **overrides)
-    return get_preset(name).model_cls(config)
+    return apply(get_preset(name).model_cls(config), backend)
 
 
-def model_from_config(config: SetModelConfig | dict, name: str | None = None) -> SetModel:
+def model_from_config(config: SetModelConfig | dict, name: str | None = None, backend: str = "auto") -> SetModel:
     """Rebuild a model from a config object, or from ``{"name": ..., **config fields}``."""
     if isinstance(config, SetModelConfig):
+        from ..backends import apply
+
         for preset in _PRESETS.values():
             if isinstance(config, preset.config_cls):
-                return preset.model_cls(config)
+                return apply(preset.model_cls(config), backend)
         raise TypeError(f"no registered family for config type {type(config).__name__}")
     config = dict(config)
     name = config.pop("name", name)
     if name is None:
         raise ValueError("a config dict needs a 'name' naming a registered model")
-    return create_model(name, **config)
+    return create_model(name, backend=backend, **config)

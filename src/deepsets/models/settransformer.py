@@ -17,12 +17,15 @@ Set Transformer++ therefore has ``depth * 2 * H`` fewer parameters than PAPER.md
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
 from ..nn.attention import ISAB, PMA, SAB
 from ..nn.masking import zero_padding
-from ..nn.norms import make_norm, resolve_choice
+from ..nn.norms import NoNorm, resolve_choice
+from ..nn.residual import RESIDUALS
+from ..nn.sequential import SetSequential
 from .base import SetModel, SetModelConfig
 
 
@@ -39,10 +42,11 @@ class SetTransformerConfig(SetModelConfig):
     num_inducing: int = 32  # paper: 32 inducing points per ISAB
     num_seeds: int = 1  # PMA seed vectors (paper: 1)
     pool: str = "pma"  # pooling by multihead attention (the only choice for this family)
+    residuals: ClassVar[tuple[str, ...]] = RESIDUALS
 
     def __post_init__(self):
         super().__post_init__()
-        resolve_choice("residual for the Set Transformer family", self.residual, ("clean", "nonclean"))
+        resolve_choice("residual for the Set Transformer family", self.residual, self.residuals)
         resolve_choice("pool for the Set Transformer family", self.pool, ("pma",))
         for name in ("heads", "num_inducing", "num_seeds"):
             value = getattr(self, name)
@@ -61,32 +65,31 @@ class SetTransformer(SetModel):
         super().__init__(config)
         c = config
         H, r = c.dim, c.residual
-        block = dict(heads=c.heads, num_inducing=c.num_inducing, norm=c.norm, residual=r)
+        block = dict(heads=c.heads, num_inducing=c.num_inducing, norm_layer=c.norm_layer, residual=r)
         if r == "clean":
             self.input = nn.Linear(c.in_dim, H)
-            self.layers = nn.ModuleList([ISAB(H, H, **block) for _ in range(c.depth)])
-            self.final_norm = make_norm(c.norm, H)
+            self.layers = SetSequential([ISAB(H, H, **block) for _ in range(c.depth)])
+            self.final_norm = c.norm_layer(H)
         else:
             self.input = None
-            self.layers = nn.ModuleList([ISAB(c.in_dim if i == 0 else H, H, **block) for i in range(c.depth)])
+            self.layers = SetSequential([ISAB(c.in_dim if i == 0 else H, H, **block) for i in range(c.depth)])
             self.final_norm = None
-        self.pma = PMA(H, c.heads, c.num_seeds, norm="none", residual=r)
-        self.sabs = nn.ModuleList([SAB(H, H, c.heads, norm="none", residual=r) for _ in range(3)])
+        # The decoder uses no norm, in the family's own MAB wiring.
+        self.pma = PMA(H, c.heads, c.num_seeds, norm_layer=NoNorm, residual=r)
+        self.sabs = SetSequential([SAB(H, H, c.heads, norm_layer=NoNorm, residual=r) for _ in range(3)])
         self.head = nn.Linear(H * c.num_seeds, c.out_dim)
 
     def encode(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        h = x if self.input is None else zero_padding(self.input(x), mask)
-        stats = None
-        for layer in self.layers:  # each block hands the next its output's set statistics, where it has them
-            h, stats = layer.forward_stats(h, mask, stats)
-        if self.final_norm is not None:
-            h = self.final_norm(h, mask)
-        return h
+        return self.finish(self.layers(self.embed(x, mask), mask), mask)
+
+    def embed(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return x if self.input is None else zero_padding(self.input(x), mask)
+
+    def finish(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+        return h if self.final_norm is None else self.final_norm(h, mask)
 
     def pool(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
-        z = self.pma(h, mask)  # [B, num_seeds, H]
-        for sab in self.sabs:
-            z = sab(z)
+        z = self.sabs(self.pma(h, mask))  # [B, num_seeds, H]
         return z.flatten(1)  # [B, num_seeds * H]
 
     def decode(self, z: Tensor) -> Tensor:
@@ -97,3 +100,15 @@ class SetTransformer(SetModel):
             raise ValueError("output='elements' needs num_seeds=1 (one set summary added to every element)")
         # Equivariant head: each element's features plus the attention-pooled set summary.
         return self.head(h + z.unsqueeze(1))
+
+    # Chunked inference: an ISAB is MAB(X, MAB(I, X)); its inducing points attend to the whole set as a stream of
+    # keys, then every element attends to the inducing points' outputs, one chunk of elements at a time.
+    def encode_chunked(self, x: Tensor, run) -> Tensor:
+        h = run.rows(self.embed, x)
+        for block in self.layers:
+            ind = block.mab0(block.inducing, run.keys(h))  # [1, num_inducing, H]
+            h = run.rows(lambda r, block=block, ind=ind: block.mab1(r, ind), h)
+        return run.rows(self.finish, h)
+
+    def pool_chunked(self, h: Tensor, run) -> Tensor:
+        return self.sabs(self.pma(run.keys(h))).flatten(1)

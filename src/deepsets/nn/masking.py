@@ -9,7 +9,6 @@ its input's padded rows through (zero in, zero out), which saves a pass over the
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -75,7 +74,7 @@ def clear_padding(x: Tensor, mask: Tensor | None) -> Tensor:
 
 def zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
     """Zero the padded rows of a layer output (finite values assumed; cheaper than ``clear_padding``)."""
-    if mask is None or isinstance(mask, PackedSets):  # packed rows hold no padding
+    if mask is None:
         return x
     return x * mask.unsqueeze(-1).to(x.dtype)
 
@@ -92,42 +91,16 @@ def stats_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-class PackedSets:
-    """The valid elements of a padded batch stored back to back: ``rows = x[mask]``, ``[T, D]``.
+def masked_moments(x: Tensor, mask: Tensor | None, dims: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, (biased) variance and count of ``x [B, N, D]`` over ``dims``, valid elements only (keepdim).
 
-    Models of the Deep Sets family run on packed rows when a mask is given, so no work is spent on padding.
-    Layers accept a ``PackedSets`` wherever they accept a mask; per-set statistics and pooling then reduce
-    the rows of each set (``index[t]`` is the set of row ``t``). Packing costs one host sync (the number of
-    valid elements).
+    The one place where masked statistics are computed: ``dims=(1, 2)`` gives one mean and variance per set
+    (set norm), ``dims=(0, 1)`` one per feature over the batch (feature norm). The variance is that of the
+    centered values (no cancellation); statistics are in at least float32.
     """
-
-    def __init__(self, mask: Tensor):
-        self.mask = mask
-        self.sizes = mask.sum(dim=1)  # [B] long
-        self.num_sets = mask.shape[0]
-        self.index = torch.repeat_interleave(torch.arange(self.num_sets, device=mask.device), self.sizes)
-        self._offsets = None
-
-    def offsets(self):
-        """Row offsets of the sets as a NumPy int64 array ``[B + 1]`` (set ``b`` is rows ``o[b]:o[b+1]``)."""
-        if self._offsets is None:
-            self._offsets = np.concatenate([[0], np.cumsum(self.sizes.cpu().numpy())]).astype(np.int64)
-        return self._offsets
-
-    def pack(self, x: Tensor) -> Tensor:
-        """``[B, N, ...]`` -> ``[T, ...]``: the valid rows, set by set."""
-        return x[self.mask]
-
-    def unpack(self, rows: Tensor) -> Tensor:
-        """``[T, ...]`` -> ``[B, N, ...]`` with zeros in padded rows."""
-        out = rows.new_zeros(*self.mask.shape, *rows.shape[1:])
-        out[self.mask] = rows
-        return out
-
-    def sum(self, rows: Tensor) -> Tensor:
-        """Sum of each set's rows: ``[T, ...]`` -> ``[B, ...]``."""
-        return rows.new_zeros(self.num_sets, *rows.shape[1:]).index_add(0, self.index, rows)
-
-    def expand(self, per_set: Tensor) -> Tensor:
-        """Broadcast a per-set value to its rows: ``[B, ...]`` -> ``[T, ...]``."""
-        return per_set[self.index]
+    x = x.to(stats_dtype(x))
+    m = torch.ones_like(x[..., :1]) if mask is None else mask.unsqueeze(-1).to(x.dtype)  # [B, N, 1]
+    count = torch.broadcast_to(m, x.shape).sum(dim=dims, keepdim=True).clamp_min(1.0)
+    mean = (x * m).sum(dim=dims, keepdim=True) / count
+    var = ((x - mean) * m).square().sum(dim=dims, keepdim=True) / count
+    return mean, var, count

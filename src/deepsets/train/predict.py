@@ -69,7 +69,7 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
             raise DataError(f"{source}: {label(first_index + b)} is empty (expected at least one element, "
                             f"found 0)") from None
         if x.shape[1] > max_elements:  # one huge set: exact chunked evaluation
-            from ..models.chunked import chunked_forward
+            from ..backends.chunked import chunked_forward
 
             y = chunked_forward(model, x, mask, chunk_size=chunk_size).float()
         else:

@@ -128,8 +128,8 @@ def model_kwargs(cfg: TrainConfig, info: dict) -> dict:
     for k in ("depth", "dim", "norm", "residual", "pool"):
         if getattr(cfg, k) is not None:
             kw[k] = getattr(cfg, k)
-    if cfg.pool is None and preset_default(cfg.model, "pool") != "pma":
-        kw["pool"] = task.pool  # Deep Sets family: the task's pooling (max for point clouds)
+    if cfg.pool is None and preset_default(cfg.model, "pool") not in (None, "pma"):
+        kw["pool"] = task.pool  # families with a pooling choice (Deep Sets): the task's (max for point clouds)
     return kw
 
 

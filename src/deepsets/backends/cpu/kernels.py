@@ -14,9 +14,9 @@ The kernels do the same maths in the fewest passes, in parallel over chunks of r
 Rows of a set are contiguous (``offsets[b]:offsets[b+1]``): this covers unpadded batches ``[B, N, D]``, the
 packed rows of padded batches, and padded batches with a row mask (padded rows are skipped). float32 and
 float64 on CPU; anything else (and any machine where the kernels cannot be built) uses the eager code in
-:mod:`deepsets.nn.norms`, which computes the same thing.
+the PyTorch ops of :mod:`.functions`, which compute the same thing.
 
-Layer-level kernels (same C file; used through :mod:`deepsets.nn.fused`) go one step
+Layer-level kernels (same C file; used through :mod:`.functions`) go one step
 further: a set norm and the linear layer it feeds run as one call. Rows are cut into tiles of at most 256 rows
 (a tile never spans two sets); each thread normalizes a tile into a buffer that stays in its cache and
 multiplies it there with one single-threaded call of the BLAS routine PyTorch itself uses (``sgemm_`` /

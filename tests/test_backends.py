@@ -1,17 +1,22 @@
-"""Every fast path against the straightforward computation: fused set norm (C kernels and the eager
-hand-written backward), packed rows for padded Deep Sets batches, packed pooling. Correctness only."""
+"""The CPU backend against the reference layers: its autograd functions (C kernels and the eager hand-written
+backward) against naive computations, and whole models with the backend's modules against the same weights in
+the reference layers, over every registered family, norm and wiring. Correctness only."""
+import ast
+import itertools
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from test_nn import naive_set_norm
 
 import deepsets
+from deepsets import backends
 from deepsets import nn as dnn
-from deepsets.nn import kernels
-from deepsets.nn.masking import PackedSets
-from deepsets.nn.norms import _SetNormFunction
-
-from test_nn import naive_set_norm
+from deepsets.backends.cpu import functions as fused
+from deepsets.backends.cpu import kernels
+from deepsets.backends.cpu.functions import PackedSets, _SetNormFunction
+from deepsets.models import get_preset
 
 IMPLS = ["eager", "c"]
 
@@ -24,9 +29,13 @@ def _needs(impl):
 def _apply(impl, x, w, b, relu, packed, mask=None):
     """Set norm with one implementation: ``x`` dense [B, N, D] (all rows, or the rows where ``mask`` is True)
     when ``packed`` is None, else packed rows [T, D]."""
-    if impl == "eager" and mask is not None:
+    if impl == "eager" and mask is not None:  # padded batches without kernels: the reference layer
         norm = dnn.SetNorm(x.shape[-1]).to(x.dtype)
-        return norm._padded_eager(x, mask, w, b, relu)
+        with torch.no_grad():
+            norm.weight.copy_(w)
+            norm.bias.copy_(b)
+        y = torch.func.functional_call(norm, {"weight": w, "bias": b}, (x, mask))
+        return y.relu() if relu else y
     return _SetNormFunction.apply(x, w, b, 1e-5, relu, packed if mask is None else mask, impl == "c")
 
 
@@ -103,55 +112,19 @@ def test_set_norm_float32_fast_path_is_accurate_on_large_offset_sets(impl):
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-4
 
 
-def test_set_norm_module_uses_kernels_and_matches_eager(monkeypatch):
+def test_set_norm_module_uses_kernels_and_matches_reference(monkeypatch):
     _needs("c")
     torch.manual_seed(0)
-    norm = dnn.SetNorm(32)
+    norm = backends.apply(dnn.SetNorm(32))
+    assert type(norm).__name__ == "CPUSetNorm"
     x = torch.randn(5, 200, 32)
-    fast = norm(x, relu=True)
-    monkeypatch.setenv("DEEPSETS_KERNELS", "0")
-    torch.testing.assert_close(fast, norm(x, relu=True), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("kind", ["sum", "mean", "max"])
-def test_packed_pooling_matches_masked_pooling(kind):
-    x, _, _, mask = _inputs(3)
-    packed = PackedSets(mask)
-    pool = dnn.Pool(kind)
-    xa = x.clone().requires_grad_()
-    rows = packed.pack(x).detach().requires_grad_()
-    ref, got = pool(xa, mask), pool(rows, packed)
-    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-    g = torch.randn_like(ref)
-    (ref * g).sum().backward()
-    (got * g).sum().backward()
-    torch.testing.assert_close(rows.grad, packed.pack(xa.grad), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("norm", sorted(dnn.NORMS))
-@pytest.mark.parametrize("residual", ["clean", "nonclean", "none"])
-@pytest.mark.parametrize("output", ["set", "elements"])
-def test_packed_deep_sets_equals_padded_execution(norm, residual, output):
-    """``model(x, mask)`` runs on packed rows; the padded layer-by-layer path must give the same numbers."""
-    torch.manual_seed(0)
-    model = deepsets.create_model("deepsets", 3, 2, depth=4, dim=16, norm=norm, residual=residual,
-                                  output=output).double().train()
-    x, _, _, mask = _inputs(4, B=4, N=12, D=3)
-    assert model.packs_sets
-    packed_out = model(x, mask)
-    model.zero_grad()
-    packed_out.square().sum().backward()
-    g_packed = [p.grad.clone() for p in model.parameters()]
-    # The padded route: the same layers with a bool mask, as before packing existed.
-    model.zero_grad()
-    h = model.encode(x.masked_fill(~mask.unsqueeze(-1), 0), mask)
-    z = model.pool(h, mask)
-    padded_out = (model.decode_elements(h, z, mask) * mask.unsqueeze(-1) if output == "elements"
-                  else model.decode(z))
-    padded_out.square().sum().backward()
-    torch.testing.assert_close(packed_out, padded_out, rtol=1e-9, atol=1e-10)
-    for gp, p in zip(g_packed, model.parameters()):
-        torch.testing.assert_close(gp, p.grad, rtol=1e-8, atol=1e-10)
+    mask = torch.rand(5, 200) < 0.5
+    calls = []
+    real = kernels.set_norm_forward
+    monkeypatch.setattr(kernels, "set_norm_forward", lambda *a: calls.append(1) or real(*a))
+    for m in (None, mask):
+        torch.testing.assert_close(norm(x, m), backends.reference(norm)(x, m), rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2
 
 
 def test_tune_allocator_is_idempotent():
@@ -205,65 +178,6 @@ def test_set_norm_skip_copy_carries_its_gradient(impl):
             assert torch.autograd.gradgradcheck(f, inputs)
 
 
-@pytest.mark.parametrize("layout", ["dense", "packed", "padded"])
-def test_pre_norm_block_with_fused_skip_matches_plain_ops(layout, monkeypatch):
-    """Deep Sets++ block: norm kernels + skip copy + in-place accumulation vs the same block in plain ops."""
-    _needs("c")
-    torch.manual_seed(0)
-    block = dnn.DeepSetsBlock(16, "set", "clean").double()
-    x, _, _, mask = _inputs(7, B=3, N=20, D=16)
-    if layout == "dense":
-        mask = torch.ones_like(mask)
-    packed = PackedSets(mask) if layout == "packed" else None
-    x = x * mask.unsqueeze(-1)  # padded rows of the residual stream are zero
-    arg = packed if packed else (None if layout == "dense" else mask)
-    xin = packed.pack(x) if packed else x
-
-    def run():
-        xs = xin.detach().requires_grad_()
-        out = block(xs, arg)
-        g = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)
-        (out * g).sum().backward()
-        grads = [p.grad.clone() for p in block.parameters()]
-        block.zero_grad(set_to_none=True)
-        return out.detach(), xs.grad, grads
-
-    out, gx, grads = run()
-    monkeypatch.setenv("DEEPSETS_KERNELS", "0")
-    ref_out, ref_gx, ref_grads = run()
-    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(gx, ref_gx, rtol=1e-9, atol=1e-10)
-    for a, r in zip(grads, ref_grads):
-        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-10)
-
-
-@pytest.mark.parametrize("name", ["settransformer++", "deepsets++"])
-@pytest.mark.parametrize("padded", [False, True])
-def test_fused_residual_paths_match_plain_ops_in_whole_models(name, padded, monkeypatch):
-    """Whole pre-norm models (set norm kernels, residual copies accumulated in place) against the same
-    weights run in plain PyTorch ops (kernels off): outputs and every parameter's gradient, float64."""
-    _needs("c")
-    torch.manual_seed(3)
-    model = deepsets.create_model(name, 3, 2, depth=4, dim=16).double()
-    x, _, _, mask = _inputs(8, B=3, N=25, D=3)
-    mask = mask if padded else None
-
-    def run():
-        out = model(x, mask)
-        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
-        grads = [p.grad.clone() for p in model.parameters()]
-        model.zero_grad(set_to_none=True)
-        return out.detach(), grads
-
-    out, grads = run()
-    monkeypatch.setenv("DEEPSETS_KERNELS", "0")
-    ref_out, ref_grads = run()
-    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
-    assert len(grads) == len(ref_grads)
-    for a, r in zip(grads, ref_grads):
-        torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-11)
-
-
 # --- the fused Deep Sets++ block (one kernel per clean-path block, around the BLAS GEMM) -------------------------
 
 def _needs_block():
@@ -284,11 +198,15 @@ def _block_params(blk):
     return [blk.norm1.weight, blk.norm1.bias, blk.fc1.weight, blk.norm2.weight, blk.norm2.bias, blk.fc2.weight]
 
 
-def _run(blk, x, sets, grad):
-    """Output, output statistics and every gradient of one block on a fresh leaf copy of ``x``."""
+def _run(blk, x, sets, grad, fused_block=True):
+    """Output, output statistics and every gradient of one block on a fresh leaf copy of ``x``: the fused block
+    kernel, or the same block in plain PyTorch ops."""
     blk.zero_grad(set_to_none=True)
     xl = x.detach().clone().requires_grad_(True)
-    out, stats = blk.forward_stats(xl, sets)
+    if fused_block:
+        out, stats = fused.clean_block(xl, sets, None, blk.norm1, blk.fc1, blk.norm2, blk.fc2)
+    else:
+        out, stats = fused.clean_block_reference(xl, *_block_params(blk), blk.norm1.eps, sets), None
     out.backward(grad)
     return out.detach(), stats, [xl.grad] + [p.grad for p in _block_params(blk)]
 
@@ -314,9 +232,8 @@ def test_fused_block_matches_plain_ops(layout, D, monkeypatch):
     monkeypatch.setattr(kernels, "ds_block_forward", lambda *a: calls.append(1) or real(*a))
     out, stats, grads = _run(blk, x, sets, grad)
     assert calls, "the fused block kernel was not used"
-    monkeypatch.setenv("DEEPSETS_KERNELS", "0")  # every op eager
-    out0, stats0, grads0 = _run(blk, x, sets, grad)
-    assert stats0 is None and len(calls) == 1
+    out0, stats0, grads0 = _run(blk, x, sets, grad, fused_block=False)
+    assert len(calls) == 1
     torch.testing.assert_close(out, out0, rtol=1e-12, atol=1e-12)
     for got, want in zip(grads, grads0):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
@@ -337,16 +254,14 @@ def test_fused_block_statistics_chain_through_a_stack(monkeypatch):
     x = torch.randn(4, 300, 32, dtype=torch.float64)
     h, stats = x, None
     for blk in blocks:
-        with_stats, stats_next = blk.forward_stats(h, None, stats)
-        without, _ = blk.forward_stats(h, None, None)
+        with_stats, stats_next = fused.clean_block(h, None, stats, blk.norm1, blk.fc1, blk.norm2, blk.fc2)
+        without, _ = fused.clean_block(h, None, None, blk.norm1, blk.fc1, blk.norm2, blk.fc2)
         assert torch.equal(with_stats, without)
         h, stats = with_stats, stats_next
 
 
 def test_fused_block_gradcheck_and_double_backward():
     _needs_block()
-    from deepsets.nn import fused
-
     blk = _block(6, seed=3)
     mask = torch.zeros(3, 9, dtype=torch.bool)
     mask[0, :9], mask[1, :4], mask[2, :1] = True, True, True
@@ -359,30 +274,30 @@ def test_fused_block_gradcheck_and_double_backward():
 
 
 def test_fused_block_is_not_used_where_it_does_not_apply(monkeypatch):
-    """Padded batches with a bool mask, autocast and dispatch modes (FLOP counting) run the per-op path."""
+    """Autocast and dispatch modes (FLOP counting) run the per-op path; a set norm with another eps is not
+    substituted at all; padded batches run packed on the fused kernel."""
     _needs_block()
     from deepsets.bench import MatmulRecorder
 
     blk = _block(16, seed=0).float()
+    stack = backends.apply(dnn.SetSequential([blk]))
+    assert type(stack).__name__ == "DeepSetsStack"
     calls = []
     real = kernels.ds_block_forward
     monkeypatch.setattr(kernels, "ds_block_forward", lambda *a: calls.append(1) or real(*a))
     x = torch.randn(2, 20, 16)
-    mask = torch.ones(2, 20, dtype=torch.bool)
-    mask[1, 10:] = False
-    blk(x, mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        blk(x)
+        stack(x)
     rec = MatmulRecorder()
     with rec:
-        blk(x)
+        stack(x)
     assert not calls and len(rec.calls) == 2  # the two products, as the FLOP count and the replay need them
-    blk.norm2.eps = 1e-3  # statistics pass between fused layers with the library's eps: another eps runs op by op
-    blk(x)
-    assert not calls
-    blk.norm2.eps = blk.norm1.eps
-    blk(x)
-    assert calls
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[1, 10:] = False
+    stack(x, mask)
+    assert len(calls) == 1
+    blk.norm2.eps = 1e-3  # statistics pass between fused layers with the library's eps: another eps is not fused
+    assert type(backends.apply(dnn.SetSequential([blk]))).__name__ == "SetSequential"
 
 
 @pytest.mark.parametrize("name", ["deepsets++", "settransformer++"])
@@ -406,8 +321,6 @@ def test_models_train_under_cpu_autocast(name):
 @pytest.mark.parametrize("layout", ["dense", "packed", "padded"])
 def test_norm_linear_matches_plain_ops(flags, layout):
     _needs_block()
-    from deepsets.nn import fused
-
     g = torch.Generator().manual_seed(flags)
     D, N = 24, (24 if flags & fused.RESIDUAL else 40)
     norm = dnn.SetNorm(D).double()
@@ -460,8 +373,6 @@ def test_norm_linear_matches_plain_ops(flags, layout):
 
 def test_norm_linear_gradcheck_and_double_backward():
     _needs_block()
-    from deepsets.nn import fused
-
     norm, fc = dnn.SetNorm(5).double(), torch.nn.Linear(5, 5).double()
     x = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)
     params = (norm.weight, norm.bias, fc.weight, fc.bias)
@@ -480,8 +391,6 @@ def test_fused_isab_matches_plain_ops_in_the_whole_model(dtype, padded, monkeypa
     """Set Transformer++ with its ISABs on the layer-level kernels vs every layer per op: outputs and every
     gradient, and the kernels are really used."""
     _needs_block()
-    from deepsets.nn import fused
-
     torch.manual_seed(0)
     model = deepsets.create_model("settransformer++", 2, 1, depth=3).to(dtype)
     with torch.no_grad():
@@ -515,3 +424,90 @@ def test_fused_isab_matches_plain_ops_in_the_whole_model(dtype, padded, monkeypa
     assert grads.keys() == grads0.keys()
     for name in grads0:
         torch.testing.assert_close(grads[name] / scale, grads0[name] / scale, rtol=0, atol=tol * 10, msg=name)
+
+
+# --- whole models: the backend's modules against the reference layers, over the registries ----------------------
+
+BACKEND_GRID = [(name, norm, residual) for name in deepsets.list_models() for norm, residual in
+                itertools.product(sorted(dnn.NORMS), get_preset(name).config_cls.residuals)]
+
+
+@pytest.mark.parametrize("kernels_setting", ["1", "norm", "0"])
+@pytest.mark.parametrize("name,norm,residual", BACKEND_GRID)
+def test_backend_equals_reference_layers(name, norm, residual, kernels_setting, monkeypatch):
+    """Same outputs and gradients as the reference layers with the same weights (every kernel setting; padded and
+    not; per-set and per-element outputs); same state_dict keys."""
+    monkeypatch.setenv("DEEPSETS_KERNELS", kernels_setting)
+    torch.manual_seed(0)
+    kw = {"num_inducing": 5} if get_preset(name).config_cls.__name__ == "SetTransformerConfig" else {}
+    for output in ("set", "elements"):
+        model = deepsets.create_model(name, 3, 2, depth=4, dim=16, norm=norm, residual=residual, output=output,
+                                      **kw).double()
+        ref = backends.reference(model)
+        assert list(model.state_dict()) == list(ref.state_dict())
+        assert all(type(m).__module__.startswith("deepsets.backends") is False for m in ref.modules())
+        with torch.no_grad():  # away from the init, so that every term matters
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        x, _, _, mask = _inputs(9, B=3, N=12, D=3)
+        for m in (None, mask):
+            got, want = (_out_and_grads(net, x, m) for net in (model, ref))
+            torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-12)
+            for a, b in zip(got[1], want[1]):
+                torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-11)
+
+
+def _out_and_grads(model, x, mask):
+    model.zero_grad(set_to_none=True)
+    out = model(x, mask)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
+    return out.detach(), [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
+
+
+def test_backend_modules_are_substituted_where_they_fit():
+    expect = {"deepsets++": "DeepSetsStack", "settransformer++": "ISABStack", "deepsets": "SetSequential",
+              "settransformer": "SetSequential"}
+    for name, cls in expect.items():
+        model = deepsets.create_model(name, 2, 1, depth=4)
+        assert type(model.layers).__name__ == cls
+        assert type(deepsets.create_model(name, 2, 1, depth=4, backend="reference").layers).__name__ == "SetSequential"
+    with pytest.raises(ValueError, match="'auto', 'reference'"):
+        deepsets.create_model("deepsets++", 2, 1, backend="gpu")
+
+
+def test_no_layer_or_model_file_imports_the_backend_kernels():
+    root = Path(deepsets.__file__).parent
+    for path in [*(root / "nn").glob("*.py"), *(root / "models").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = "." * node.level + (node.module or "")
+                names = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            bad = [n for n in names if "backends.cpu" in n or n.endswith(("kernels", "functions"))
+                   or (path.parent.name == "nn" and "backends" in n)]
+            assert not bad, f"{path.relative_to(root)} imports {bad}"
+
+
+# --- checkpoints written before the layers and the backend were separated still load and predict the same -------
+
+OLD = Path(__file__).parent / "data" / "checkpoints-2026-12-01"
+
+
+@pytest.mark.parametrize("name", ["deepsets++", "settransformer++"])
+def test_checkpoints_from_before_the_backend_split_predict_the_same(name, tmp_path):
+    """``tests/data/checkpoints-2026-12-01``: two small runs (normal-var, 3 steps) and their ``deepsets predict``
+    output on ``sets.npy``, written by the code in which the kernels lived inside the layers."""
+    import csv
+
+    from deepsets.train.predict import predict_file
+
+    out = tmp_path / "p.csv"
+    predict_file(str(OLD / f"{name}.ckpt"), str(OLD / "sets.npy"), str(out))
+    got = {r["set"]: float(r["prediction"]) for r in csv.DictReader(out.open())}
+    want = {r["set"]: float(r["prediction"]) for r in csv.DictReader((OLD / f"{name}.csv").open())}
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
