@@ -496,13 +496,19 @@ def test_no_layer_or_model_file_imports_the_backend_kernels():
 OLD = Path(__file__).parent / "data" / "checkpoints-2026-12-01"
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("name", ["deepsets++", "settransformer++"])
-def test_checkpoints_from_before_the_backend_split_predict_the_same(name, tmp_path):
+def test_checkpoints_from_before_the_backend_split_predict_the_same(name, backend, tmp_path, monkeypatch):
     """``tests/data/checkpoints-2026-12-01``: two small runs (normal-var, 3 steps) and their ``deepsets predict``
-    output on ``sets.npy``, written by the code in which the kernels lived inside the layers."""
+    output on ``sets.npy``, written by the code in which the kernels lived inside the layers. They load into the
+    models with the backend and into the reference layers alone, and predict the same."""
     import csv
 
     from deepsets.train.predict import predict_file
+
+    if backend == "reference":
+        real = backends.apply
+        monkeypatch.setattr(backends, "apply", lambda model, _backend="auto": real(model, "reference"))
 
     out = tmp_path / "p.csv"
     predict_file(str(OLD / f"{name}.ckpt"), str(OLD / "sets.npy"), str(out))
