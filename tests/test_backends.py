@@ -491,6 +491,22 @@ def test_no_layer_or_model_file_imports_the_backend_kernels():
             assert not bad, f"{path.relative_to(root)} imports {bad}"
 
 
+def test_no_function_rebinds_module_state():
+    """No module-level mutable state: no ``global`` statement anywhere in the package (caches are
+    ``functools.cache``; chunked inference keeps its statistics in its own run object)."""
+    root = Path(deepsets.__file__).parent
+    found = [f"{path.relative_to(root)}:{node.lineno}" for path in root.rglob("*.py")
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Global)]
+    assert not found, found
+
+
+def test_chunked_inference_leaves_the_model_as_it_was():
+    model = deepsets.create_model("settransformer++", 2, 1, depth=2).eval()
+    before = [(name, type(m)) for name, m in model.named_modules()]
+    deepsets.models.chunked_forward(model, torch.randn(1, 50, 2), chunk_size=16)
+    assert [(name, type(m)) for name, m in model.named_modules()] == before
+
+
 # --- checkpoints written before the layers and the backend were separated still load and predict the same -------
 
 OLD = Path(__file__).parent / "data" / "checkpoints-2026-12-01"

@@ -15,31 +15,32 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
 MMAP_THRESHOLD = 32 << 20  # glibc's maximum on 64-bit systems
 TRIM_THRESHOLD = 1 << 30
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-_TUNED = False
 
 
 def tune_allocator() -> bool:
     """Raise glibc malloc's mmap/trim thresholds for this process; True if applied (Linux with glibc only)."""
-    global _TUNED
-    if _TUNED:
-        return True
     if not sys.platform.startswith("linux") or os.environ.get("DEEPSETS_TUNE_MALLOC", "1") == "0":
-        return False
+        return allocator_tuned()
+    return _mallopt()
+
+
+@functools.cache
+def _mallopt() -> bool:
+    """Apply the thresholds (once per process: the allocator's settings are the process's)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+        return libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
-    _TUNED = ok
-    return ok
 
 
 def allocator_tuned() -> bool:
     """Whether :func:`tune_allocator` has been applied in this process."""
-    return _TUNED
+    return _mallopt.cache_info().currsize > 0 and _mallopt()

@@ -7,6 +7,8 @@ than ``set_size``, a random subset of ``set_size`` elements is drawn; the subset
 """
 from __future__ import annotations
 
+import functools
+
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -199,28 +201,24 @@ def _damaged(path, e: BaseException) -> DataError:
     return DataError(f"{path}: damaged HDF5 file (corrupt or truncated?): {type(e).__name__}: {text}")
 
 
-_checked_file_class = None
-
-
+@functools.cache
 def _h5_file_class():
-    """``h5py.File`` whose ``with`` block turns h5py's errors on damaged files into :class:`DataError`."""
-    global _checked_file_class
-    if _checked_file_class is None:
-        import h5py
+    """``h5py.File`` whose ``with`` block turns h5py's errors on damaged files into :class:`DataError` (the class is
+    made on first use, so importing this module does not import h5py)."""
+    import h5py
 
-        class CheckedH5File(h5py.File):
-            def __exit__(self, exc_type, exc, tb):
-                path = getattr(self, "_deepsets_path", "HDF5 file")
-                try:
-                    super().__exit__(exc_type, exc, tb)
-                except Exception:  # noqa: BLE001, S110 - closing a damaged file
-                    pass
-                if exc is not None and isinstance(exc, _H5_ERRORS) and not isinstance(exc, DataError):
-                    raise _damaged(path, exc) from exc
-                return False
+    class CheckedH5File(h5py.File):
+        def __exit__(self, exc_type, exc, tb):
+            path = getattr(self, "_deepsets_path", "HDF5 file")
+            try:
+                super().__exit__(exc_type, exc, tb)
+            except Exception:  # noqa: BLE001, S110 - closing a damaged file
+                pass
+            if exc is not None and isinstance(exc, _H5_ERRORS) and not isinstance(exc, DataError):
+                raise _damaged(path, exc) from exc
+            return False
 
-        _checked_file_class = CheckedH5File
-    return _checked_file_class
+    return CheckedH5File
 
 
 def open_h5(path: str | os.PathLike):
