@@ -92,6 +92,7 @@ class ChunkSetNorm(SetNorm):
             moments = _Moments()
             for r in x.chunks():
                 moments.update(r)
+                del r
             mean, rstd = moments.finalize(self.eps)
             return x.then(lambda r: self.normalize(r, mean, rstd))
         if isinstance(x, Chunk):
@@ -127,19 +128,22 @@ class StreamingAttention(Attention):
         m = qp.shape[1]
         qh = qp[0].view(m, heads, dh).transpose(0, 1).double()  # [heads, m, dh]
         f64 = dict(dtype=torch.float64, device=qp.device)
-        run_max = torch.full((heads, m, 1), -math.inf, **f64)
-        run_sum = torch.zeros(heads, m, 1, **f64)
-        acc = torch.zeros(heads, m, dh, **f64)
+        state = (torch.full((heads, m, 1), -math.inf, **f64), torch.zeros(heads, m, 1, **f64),
+                 torch.zeros(heads, m, dh, **f64))  # running max logit, sum of exponentials, weighted values
         for rows in k.chunks():
-            key, value = self.kv(rows[0]).view(-1, 2, heads, dh).permute(1, 2, 0, 3).double()  # 2 x [heads, c, dh]
-            logits = qh @ key.transpose(1, 2) * self.scale  # [heads, m, c]
-            new_max = torch.maximum(run_max, logits.amax(-1, keepdim=True))
-            rescale = torch.exp(run_max - new_max)
-            w = torch.exp(logits - new_max)
-            run_sum = run_sum * rescale + w.sum(-1, keepdim=True)
-            acc = acc * rescale + w @ value
-            run_max = new_max
+            state = self._update(qh, rows[0], *state)
+            del rows  # the chunk's temporaries go before the next chunk is computed
+        run_max, run_sum, acc = state
         return (acc / run_sum).transpose(0, 1).reshape(1, m, self.dim).to(qp.dtype)
+
+    def _update(self, qh, rows, run_max, run_sum, acc):
+        heads, dh = self.heads, self.dim // self.heads
+        key, value = self.kv(rows).view(-1, 2, heads, dh).permute(1, 2, 0, 3).double()  # 2 x [heads, c, dh]
+        logits = qh @ key.transpose(1, 2) * self.scale  # [heads, m, c]
+        new_max = torch.maximum(run_max, logits.amax(-1, keepdim=True))
+        rescale = torch.exp(run_max - new_max)
+        w = torch.exp(logits - new_max)
+        return new_max, run_sum * rescale + w.sum(-1, keepdim=True), acc * rescale + w @ value
 
 
 class ChunkedRun:
@@ -150,7 +154,7 @@ class ChunkedRun:
         self.stats: dict[int, tuple[float, float]] = {}
         self.collecting: ChunkSetNorm | None = None
         self.moments: _Moments | None = None
-        self.owned: set[int] = set()  # buffers this run allocated (only those are overwritten in place)
+        self.buffer: Tensor | None = None  # the last buffer this run allocated (only it is overwritten in place)
 
     def model(self, model: nn.Module) -> nn.Module:
         """A copy of ``model``'s tree with this run's set norm and attention (parameters shared)."""
@@ -196,10 +200,10 @@ class ChunkedRun:
                     continue
                 y = y.as_subclass(Tensor)[0]
                 if out is None:
-                    same = id(h) in self.owned and y.shape[-1] == h.shape[-1] and y.dtype == h.dtype
-                    out = h if same else h.new_empty(n, y.shape[-1], dtype=y.dtype)
-                    self.owned.add(id(out))
+                    same = h is self.buffer and y.shape[-1] == h.shape[-1] and y.dtype == h.dtype
+                    out = self.buffer = h if same else h.new_empty(n, y.shape[-1], dtype=y.dtype)
                 out[i : i + y.shape[0]] = y
+                del y
             if done:
                 return out
             self.stats[id(self.collecting)] = self.moments.finalize(self.collecting.eps)

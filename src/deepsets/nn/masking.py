@@ -9,6 +9,8 @@ its input's padded rows through (zero in, zero out), which saves a pass over the
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -99,7 +101,10 @@ def masked_moments(x: Tensor, mask: Tensor | None, dims: tuple[int, ...]) -> tup
     centered values (no cancellation); statistics are in at least float32.
     """
     x = x.to(stats_dtype(x))
-    m = torch.ones_like(x[..., :1]) if mask is None else mask.unsqueeze(-1).to(x.dtype)  # [B, N, 1]
+    if mask is None:
+        var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+        return mean, var, torch.full_like(mean, math.prod(x.shape[d] for d in dims))
+    m = mask.unsqueeze(-1).to(x.dtype)  # [B, N, 1]
     count = torch.broadcast_to(m, x.shape).sum(dim=dims, keepdim=True).clamp_min(1.0)
     mean = (x * m).sum(dim=dims, keepdim=True) / count
     var = ((x - mean) * m).square().sum(dim=dims, keepdim=True) / count
