@@ -76,6 +76,8 @@ _EXTENSIONS = [
     ("data.cli", "add_data_commands"),
     ("train.cli", "add_train_commands"),
     ("train.cli", "add_experiment_commands"),
+    ("diagnostics.cli", "add_commands"),
+    ("demo", "add_demo_command"),
     ("bench", "add_bench_command"),
 ]
 

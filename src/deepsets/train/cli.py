@@ -185,16 +185,6 @@ def add_experiment_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("grad-norms", help="per-layer gradient norms at initialization (CSV, JSON, PNG)")
-    p.add_argument("--model", default="deepsets", help="model name, or NAME:DEPTH")
-    p.add_argument("--depth", type=int)
-    p.add_argument("--task", default="mnist-var")
-    p.add_argument("--compare", nargs="+", metavar="MODEL[:DEPTH]", help="more models on the same figure")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=_cmd_grad_norms)
-
     p = sub.add_parser("reproduce", help="run a table of the paper and write results.md beside the paper's numbers")
     p.add_argument("table", choices=["table1", "table2"])
     p.add_argument("--budget", default="smoke", choices=["smoke", "cpu", "paper"])
@@ -202,14 +192,6 @@ def add_experiment_commands(sub) -> None:
     p.add_argument("--seeds", nargs="+", type=int)
     p.add_argument("--out")
     p.set_defaults(func=_cmd_reproduce)
-
-    p = sub.add_parser("demo", help="Deep Sets vs Deep Sets++ at depth 50 on MNIST Var (what `make demo` runs)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--n-train", type=int, default=6000)
-    p.add_argument("--depth", type=int, default=50)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_predict(args) -> int:
@@ -226,21 +208,6 @@ def _cmd_predict(args) -> int:
     return 0
 
 
-def _cmd_grad_norms(args) -> int:
-    from ..diagnostics.grad_norms import first_last_ratio, gradient_norms, parse_model_spec, write_grad_norms
-
-    specs = [parse_model_spec(args.model, args.depth)] + [parse_model_spec(s, args.depth) for s in args.compare or []]
-    results = {}
-    for name, depth in specs:
-        rows = gradient_norms(name, depth, args.task, batch=args.batch, seed=args.seed)
-        label = f"{name}" + (f" depth {depth}" if depth else "")
-        results[label] = rows
-        print(f"{label:<28} layers {len(rows):>3}  first/last gradient norm {first_last_ratio(rows):.3g}")
-    paths = write_grad_norms(results, args.out, f"Gradient norms at initialization ({args.task})")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
 def _cmd_reproduce(args) -> int:
     import shlex
     import sys
@@ -251,11 +218,4 @@ def _cmd_reproduce(args) -> int:
     path = reproduce(args.table, args.budget, args.tasks, args.seeds, args.out, command=command)
     print(path.read_text())
     print(f"wrote {path}")
-    return 0
-
-
-def _cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    run_demo(args.out, depth=args.depth, epochs=args.epochs, n_train=args.n_train, progress=args.progress)
     return 0
