@@ -187,3 +187,13 @@ def test_ddp_two_cpu_processes(tmp_path):
     # 36 training sets, batch 4 per process, 2 processes -> 5 steps per epoch (DistributedSampler pads to 40)
     assert rows[-1]["step"] == 10
     assert all(np.isfinite(r["val_loss"]) for r in rows)
+
+
+def test_demo_runs_end_to_end_small(tmp_path):
+    from deepsets.demo import run_demo
+
+    lines = []
+    result = run_demo(tmp_path, depth=2, epochs=1, n_train=40, n_test=16, progress=False, echo=lines.append)
+    assert set(result) == {"baseline", "deepsets", "deepsets++"} and all(np.isfinite(v) for v in result.values())
+    assert (tmp_path / "grad_norms" / "grad_norms.csv").is_file() and (tmp_path / "deepsets" / "metrics.csv").is_file()
+    assert any("MNIST Var test MSE" in line for line in lines)

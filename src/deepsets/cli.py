@@ -47,7 +47,8 @@ def _cmd_smoke(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="deepsets", description="Deep learning on sets: Deep Sets++, Set Transformer++ and baselines.")
+    parser = argparse.ArgumentParser(prog="deepsets", allow_abbrev=False,
+                                     description="Deep learning on sets: Deep Sets++, Set Transformer++ and baselines.")
     parser.add_argument("--version", action="version", version=f"deepsets {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -68,7 +69,41 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         getattr(mod, fn)(sub)
+    for p in _all_parsers(parser):
+        p.allow_abbrev = False  # a misspelled or shortened flag is an error, never silently another flag
     return parser
+
+
+def _all_parsers(parser: argparse.ArgumentParser):
+    """``parser`` and every subcommand parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in dict.fromkeys(action.choices.values()):  # aliases share one parser
+                yield from _all_parsers(sp)
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that ``args`` selected."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """argparse's message for arguments no flag takes, with the nearest flag of this (sub)command for each."""
+    import difflib
+
+    flags = [o for o in parser._option_string_actions if o.startswith("--")]
+    hints = []
+    for arg in extras:
+        if arg.startswith("--"):
+            name = arg.split("=", 1)[0]
+            near = [f for f in flags if f.startswith(name)][:3] or difflib.get_close_matches(name, flags, n=1)
+            hints += [f for f in near if f not in hints]
+    text = f"unrecognized arguments: {' '.join(extras)}"
+    return text + (f" (did you mean {' or '.join(hints)}?)" if hints else "")
 
 
 # Subcommands that live beside the code they drive: (module, function adding the subparsers).
@@ -76,6 +111,8 @@ _EXTENSIONS = [
     ("data.cli", "add_data_commands"),
     ("train.cli", "add_train_commands"),
     ("train.cli", "add_experiment_commands"),
+    ("diagnostics.cli", "add_commands"),
+    ("demo", "add_demo_command"),
     ("bench", "add_bench_command"),
 ]
 
@@ -103,7 +140,7 @@ def _short_usage_errors(parser: argparse.ArgumentParser) -> None:
     parser.error = error
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for sp in action.choices.values():
+            for sp in dict.fromkeys(action.choices.values()):
                 if "--debug" not in sp._option_string_actions:
                     sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                     help="show full tracebacks")
@@ -113,7 +150,10 @@ def _short_usage_errors(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _short_usage_errors(parser)
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        chosen = _chosen_parser(parser, args)
+        chosen.error(_unrecognized(chosen, extras))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -116,7 +116,7 @@ class MetricsCSV(pl.Callback):
         if not self.rows:
             return
         try:
-            from ..diagnostics.plots import plot_learning_curve
+            from .plots import plot_learning_curve
 
             plot_learning_curve(self.rows, self.png, self.metric_name, self.title)
         except ImportError:  # matplotlib is optional

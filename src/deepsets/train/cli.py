@@ -1,11 +1,7 @@
-"""``deepsets train`` and ``deepsets eval``."""
+"""``deepsets train``, ``cv``, ``eval``, ``predict`` and ``reproduce``."""
 from __future__ import annotations
 
 import json
-
-
-def _int_or_str(v: str):
-    return int(v) if v.isdigit() else v
 
 
 def add_source_flags(p, labels: bool = True) -> None:
@@ -71,58 +67,98 @@ def add_train_commands(sub) -> None:
 
 
 def _add_training_flags(p) -> None:
-    from ..data.targets import TARGETS
-
-    p.add_argument("--config", help="YAML file of TrainConfig keys")
-    p.add_argument("--task", help="normal-var | mnist-var | point-cloud | hematocrit | anemia | set-anomaly | "
-                                  "regression | classification, or module:NAME / file.py:NAME")
-    p.add_argument("--target", choices=[t for t in TARGETS if t != "elements"],
-                   help="your own sets: what to predict per set (no --task needed; default: classification for "
-                        "string or boolean labels, regression otherwise)")
-    p.add_argument("--model", help="deepsets | deepsets++ | settransformer | settransformer++")
-    p.add_argument("--depth", type=int)
-    p.add_argument("--dim", type=int)
-    p.add_argument("--norm", help="set | layer | feature | none")
-    p.add_argument("--residual", help="clean | nonclean | none")
-    p.add_argument("--pool", help="sum | mean | max (Deep Sets family)")
-    p.add_argument("--epochs", type=int, help="default: the paper's for the task (50; 30 for hematocrit)")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--set-size", type=int, help="elements per set the model sees")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--grad-clip", type=float)
-    p.add_argument("--data", help="a table (.csv/.tsv/.parquet), .h5ad, folder of .fcs files, .npy/.h5, or a "
-                                  "task's real-format file (default: the task's offline data)")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of TrainConfig keys (flags override it)")
+    add_config_flags(p)
     add_source_flags(p)
-    p.add_argument("--n-train", type=int, help="number of generated/simulated training sets")
-    p.add_argument("--n-test", type=int, help="number of generated/simulated test sets")
-    p.add_argument("--fixed-subset", action="store_true", default=None)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--num-workers", type=int)
-    p.add_argument("--out", help="run folder (default runs/TASK-MODEL-dDEPTH-sSEED)")
-    p.add_argument("--accelerator", help="cpu | gpu | auto")
-    p.add_argument("--devices", type=_int_or_str, help="number of devices (or 'auto')")
-    p.add_argument("--strategy", help="auto | ddp | ...")
-    p.add_argument("--num-nodes", type=int)
-    p.add_argument("--precision", help="32-true | bf16-mixed | 16-mixed | ...")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
 
-CONFIG_FLAGS = ["task", "target", "model", "depth", "dim", "norm", "residual", "pool", "epochs", "max_steps", "batch_size",
-                "set_size", "lr", "seed", "grad_clip", "data", "fixed_subset", "eval_every", "num_workers", "out",
-                "accelerator", "devices", "strategy", "num_nodes", "precision", "progress"]
+def _scalar_type(name: str, tp):
+    import typing
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    if len(args) == 1 and args[0] in (int, float, str):
+        return args[0]
+    raise TypeError(f"TrainConfig.{name}: annotation {tp} has no flag type; give one in its metadata (type=...)")
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (KEY, VALUE as an int, float, bool or None where it reads as one, else the string)."""
+    import argparse
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for convert in (int, float):
+        try:
+            return key, convert(value)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False, "none": None, "null": None}.get(value.lower(), value)
+
+
+def add_config_flags(p) -> None:
+    """One flag per field of :class:`TrainConfig` with a flag (see the metadata in :mod:`deepsets.train.config`).
+
+    Every flag defaults to None, so a flag that is not given leaves the ``--config`` file's value (or the field's
+    default) in place. ``--n-train`` / ``--n-test`` (generated data sizes) go to ``task_options``.
+    """
+    import typing
+    from dataclasses import MISSING
+
+    from .config import DATA, TrainConfig, flag_fields
+
+    hints = typing.get_type_hints(TrainConfig)
+    groups: dict = {}
+    for f in flag_fields():
+        meta, tp = f.metadata, hints[f.name]
+        title = meta.get("group")
+        g = groups[title] if title in groups else groups.setdefault(title, p.add_argument_group(title))
+        text = meta.get("help", "")
+        if "names" in meta:
+            text = text.replace("{names}", ", ".join(meta["names"]()))
+        if f.default is not MISSING and f.default is not None and tp is not bool and "default" not in text:
+            text += f" (default {f.default})"
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        kw = {"dest": f.name, "default": None, "help": text.replace("%", "%%")}
+        if tp is bool:
+            if f.default:
+                flag = meta.get("flag") or "--no-" + f.name.replace("_", "-")
+            kw["action"] = "store_false" if f.default else "store_true"
+        elif tp is dict:
+            kw.update(action="append", type=key_value, metavar=meta.get("metavar", "KEY=VALUE"))
+        else:
+            kw["type"] = meta.get("type") or _scalar_type(f.name, tp)
+            if "choices" in meta:
+                kw["choices"] = list(meta["choices"]())
+            if "metavar" in meta:
+                kw["metavar"] = meta["metavar"]
+        g.add_argument(flag, **kw)
+    g = groups.get(DATA, p)
+    g.add_argument("--n-train", type=int, help="number of generated/simulated training sets")
+    g.add_argument("--n-test", type=int, help="number of generated/simulated test sets")
 
 
 def config_from_args(args):
-    from .config import TrainConfig
+    """The run's :class:`TrainConfig`: the ``--config`` file (if any), then every flag that was given."""
+    from .config import TrainConfig, flag_fields
 
-    overrides = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k, None) is not None}
+    overrides, merged = {}, {}
+    for f in flag_fields():
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if f.default_factory is dict:
+            merged[f.name] = dict(value)  # KEY=VALUE flags extend the config file's mapping
+        else:
+            overrides[f.name] = value
+    source = args.config or "command line"
+    cfg = TrainConfig.load(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides, source)
+    for name, extra in merged.items():
+        setattr(cfg, name, {**(getattr(cfg, name) or {}), **extra})
     opts = source_options_from_args(args)
     opts.update({k: v for k, v in {"n_train": args.n_train, "n_test": args.n_test}.items() if v is not None})
-    cfg = TrainConfig.load(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides, "command line")
     cfg.task_options = {**cfg.task_options, **opts}
-    return cfg
+    return cfg.check_choices(source)
 
 
 def _cmd_train(args) -> int:
@@ -185,31 +221,16 @@ def add_experiment_commands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("grad-norms", help="per-layer gradient norms at initialization (CSV, JSON, PNG)")
-    p.add_argument("--model", default="deepsets", help="model name, or NAME:DEPTH")
-    p.add_argument("--depth", type=int)
-    p.add_argument("--task", default="mnist-var")
-    p.add_argument("--compare", nargs="+", metavar="MODEL[:DEPTH]", help="more models on the same figure")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=_cmd_grad_norms)
+    from .reproduce import BUDGETS, config_root
 
     p = sub.add_parser("reproduce", help="run a table of the paper and write results.md beside the paper's numbers")
-    p.add_argument("table", choices=["table1", "table2"])
-    p.add_argument("--budget", default="smoke", choices=["smoke", "cpu", "paper"])
-    p.add_argument("--tasks", nargs="+")
-    p.add_argument("--seeds", nargs="+", type=int)
-    p.add_argument("--out")
+    p.add_argument("table", choices=sorted(d.name for d in config_root().iterdir() if d.is_dir()))
+    p.add_argument("--budget", default="smoke", choices=list(BUDGETS), help="data, set size and epochs per cell "
+                                                                             "(default smoke)")
+    p.add_argument("--tasks", nargs="+", help="only these tasks' columns (default: all of the table's)")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds per cell (default: the budget's)")
+    p.add_argument("--out", help="output folder (default runs/reproduce-TABLE-BUDGET)")
     p.set_defaults(func=_cmd_reproduce)
-
-    p = sub.add_parser("demo", help="Deep Sets vs Deep Sets++ at depth 50 on MNIST Var (what `make demo` runs)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--n-train", type=int, default=6000)
-    p.add_argument("--depth", type=int, default=50)
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_predict(args) -> int:
@@ -226,21 +247,6 @@ def _cmd_predict(args) -> int:
     return 0
 
 
-def _cmd_grad_norms(args) -> int:
-    from ..diagnostics.grad_norms import first_last_ratio, gradient_norms, parse_model_spec, write_grad_norms
-
-    specs = [parse_model_spec(args.model, args.depth)] + [parse_model_spec(s, args.depth) for s in args.compare or []]
-    results = {}
-    for name, depth in specs:
-        rows = gradient_norms(name, depth, args.task, batch=args.batch, seed=args.seed)
-        label = f"{name}" + (f" depth {depth}" if depth else "")
-        results[label] = rows
-        print(f"{label:<28} layers {len(rows):>3}  first/last gradient norm {first_last_ratio(rows):.3g}")
-    paths = write_grad_norms(results, args.out, f"Gradient norms at initialization ({args.task})")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
-
-
 def _cmd_reproduce(args) -> int:
     import shlex
     import sys
@@ -251,11 +257,4 @@ def _cmd_reproduce(args) -> int:
     path = reproduce(args.table, args.budget, args.tasks, args.seeds, args.out, command=command)
     print(path.read_text())
     print(f"wrote {path}")
-    return 0
-
-
-def _cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    run_demo(args.out, depth=args.depth, epochs=args.epochs, n_train=args.n_train, progress=args.progress)
     return 0

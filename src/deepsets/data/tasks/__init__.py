@@ -129,27 +129,40 @@ def paper_tasks() -> list[str]:
 
 
 def _import_task(spec: str) -> Task:
-    """``module:NAME`` or ``path/file.py:NAME`` -> the Task object there (registered on import)."""
+    """``module:NAME`` or ``path/file.py:NAME`` -> the Task object there (registered on import).
+
+    A file, module or name that does not exist raises ValueError naming it (and the Tasks the module does have).
+    """
     where, _, attr = spec.rpartition(":")
+    if not where or not attr:
+        raise ValueError(f"task {spec!r}: expected a task name, module:NAME or path/file.py:NAME")
     try:
         if where.endswith(".py"):
             path = Path(where).expanduser().resolve()
             if not path.is_file():
-                raise FileNotFoundError(f"task file does not exist: {where}")
+                raise ValueError(f"task {spec!r}: the task file {where} does not exist")
             modname = f"deepsets_user_task_{abs(hash(str(path)))}"
             mod = sys.modules.get(modname)
             if mod is None:
                 loader_spec = importlib.util.spec_from_file_location(modname, path)
                 mod = importlib.util.module_from_spec(loader_spec)
                 sys.modules[modname] = mod
-                loader_spec.loader.exec_module(mod)
+                try:
+                    loader_spec.loader.exec_module(mod)
+                except BaseException:
+                    del sys.modules[modname]  # a failed import is retried, not half-registered
+                    raise
         else:
             mod = importlib.import_module(where)
     except ImportError as e:
-        raise ValueError(f"task {spec!r}: cannot import {where!r}: {e}") from None
+        hint = " (a file is given as path/file.py:NAME)" if isinstance(e, ModuleNotFoundError) else ""
+        raise ValueError(f"task {spec!r}: cannot import {where!r}: {e}{hint}") from None
     obj = getattr(mod, attr, None)
     if not isinstance(obj, Task):
-        raise ValueError(f"task {spec!r}: {where} has no Task named {attr!r}")
+        have = sorted(k for k, v in vars(mod).items() if isinstance(v, Task) and not k.startswith("_"))
+        found = f"; Tasks there: {', '.join(have)}" if have else "; it defines no Task"
+        what = f"no Task named {attr!r}" if obj is None else f"{attr!r} is a {type(obj).__name__}, not a Task"
+        raise ValueError(f"task {spec!r}: {where}: {what}{found}")
     if obj.name != spec:  # checkpoints and configs record the spec, so eval/predict find it again
         from dataclasses import replace
 

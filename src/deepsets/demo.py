@@ -9,16 +9,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import TrainConfig
+from .train.config import TrainConfig
 
 DEMO_MODELS = ("deepsets", "deepsets++")
 
 
 def run_demo(out: str | Path = "runs/demo", depth: int = 50, epochs: int = 6, n_train: int = 6000,
              n_test: int = 1000, seed: int = 0, progress: bool = True, echo=print) -> dict:
-    from ..diagnostics.grad_norms import first_last_ratio, gradient_norms, write_grad_norms
-    from .callbacks import read_metrics
-    from .run import evaluate, train
+    from .diagnostics.grad_norms import (
+        first_last_ratio,
+        gradient_norms,
+        write_grad_norms,
+    )
+    from .train.callbacks import read_metrics
+    from .train.run import evaluate, train
 
     out = Path(out)
     t0 = time.time()
@@ -39,7 +43,7 @@ def run_demo(out: str | Path = "runs/demo", depth: int = 50, epochs: int = 6, n_
 
     baseline = results[DEMO_MODELS[0]]["label_variance"]
     try:
-        from ..diagnostics.plots import plot_curves
+        from .diagnostics.plots import plot_curves
 
         plot_curves({f"{m} depth {depth}": rows for m, rows in curves.items()}, out / "learning_curves.png",
                     title="MNIST Var: validation MSE per epoch",
@@ -55,3 +59,18 @@ def run_demo(out: str | Path = "runs/demo", depth: int = 50, epochs: int = 6, n_
     echo(f"figures: {out / 'learning_curves.png'}, {paths.get('png', paths['csv'])}")
     echo(f"runs: {out / DEMO_MODELS[0]}, {out / DEMO_MODELS[1]}  ({(time.time() - t0) / 60:.1f} min)")
     return {"baseline": baseline, **{m: results[m]["mse"] for m in DEMO_MODELS}}
+
+
+def add_demo_command(sub) -> None:
+    p = sub.add_parser("demo", help="Deep Sets vs Deep Sets++ at depth 50 on MNIST Var (what `make demo` runs)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per model (default 6)")
+    p.add_argument("--n-train", type=int, default=6000, help="training sets (default 6000)")
+    p.add_argument("--depth", type=int, default=50, help="depth of both models (default 50)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    run_demo(args.out, depth=args.depth, epochs=args.epochs, n_train=args.n_train, progress=args.progress)
+    return 0
