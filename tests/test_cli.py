@@ -225,3 +225,17 @@ def test_grad_norms_unknown_model_or_task(tmp_path, capsys):
     assert "'deepset'" in line and "deepsets++" in line, line
     line = run_error(["grad-norms", "--task", "mnist-vr", "--out", tmp_path], capsys)
     assert "'mnist-vr'" in line and "mnist-var" in line, line
+
+
+@pytest.mark.parametrize("entry,match", [
+    (("train.clii", "add_train_commands"), "deepsets.train.clii"),
+    (("train.cli", "add_train_command"), "add_train_command"),
+])
+def test_misspelled_subcommand_module_fails_loudly(entry, match, monkeypatch):
+    """The modules that add subcommands are part of the package: a wrong name is an error, never a quietly missing
+    command."""
+    from deepsets import cli
+
+    monkeypatch.setattr(cli, "_EXTENSIONS", [*cli._EXTENSIONS, entry])
+    with pytest.raises((ImportError, AttributeError), match=match):
+        cli.build_parser()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 
@@ -61,14 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set-size", type=int, default=1000)
     p.set_defaults(func=_cmd_smoke)
 
-    for module, fn in _EXTENSIONS:
-        try:
-            mod = __import__(f"deepsets.{module}", fromlist=[fn])
-        except ImportError as err:  # an optional part that is not installed
-            if getattr(err, "name", "") and err.name.startswith("deepsets"):
-                continue
-            raise
-        getattr(mod, fn)(sub)
+    for module, fn in _EXTENSIONS:  # each ships with the package (optional libraries are imported by the commands)
+        mod = importlib.import_module(f"deepsets.{module}")  # a misspelled module fails here, by name
+        add = getattr(mod, fn, None)
+        if add is None:
+            raise AttributeError(f"deepsets.{module} has no {fn}() to add its subcommands")
+        add(sub)
     for p in _all_parsers(parser):
         p.allow_abbrev = False  # a misspelled or shortened flag is an error, never silently another flag
     return parser
