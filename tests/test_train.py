@@ -189,6 +189,25 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert all(np.isfinite(r["val_loss"]) for r in rows)
 
 
+@pytest.mark.parametrize("model", ["deepsets++", "settransformer++"])
+def test_ddp_step_budget_ending_mid_epoch(model, tmp_path):
+    """--max-steps that ends inside an epoch on 2 processes: the final validation and checkpoints run on every
+    rank together (they are collective), metrics.csv gets one final row, and the summary is printed once."""
+    out = tmp_path / "ddp"
+    proc = _run_cli_train(["--task", "normal-var", "--model", model, "--depth", "2", "--dim", "16",
+                           "--max-steps", "7", "--batch-size", "4", "--set-size", "16", "--n-train", "40",
+                           "--n-test", "8", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+                           "--out", str(out), "--no-progress"])
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log
+    rows = read_metrics(out / "metrics.csv")
+    # 5 steps per epoch (36 training sets, batch 4 per process, 2 processes): epoch 0 ends at step 5, the budget at 7
+    assert [r["step"] for r in rows] == [5, 7]
+    assert all(np.isfinite(r["val_loss"]) for r in rows)
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "checkpoints" / "best.ckpt").is_file()
+    assert log.count("run folder:") == 1, log
+
+
 def test_demo_runs_end_to_end_small(tmp_path):
     from deepsets.demo import run_demo
 

@@ -162,10 +162,12 @@ def config_from_args(args):
 
 
 def _cmd_train(args) -> int:
-    from .run import train
+    from .run import launched_worker, train
 
     cfg = config_from_args(args)
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if launched_worker():  # the other DDP processes: the summary is rank zero's to print
+        return 0
     final = summary["final"] or {}
     print(f"run folder: {summary['out']}  (epochs {summary['epochs_done']}, steps {summary['steps']})")
     if final:

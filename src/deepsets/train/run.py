@@ -312,13 +312,17 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
             kept = "no checkpoint had been written yet"
         raise NonFiniteLossError(f"{e}; {kept}. Try a lower --lr or --grad-clip.") from None
     metrics_cb = next(c for c in trainer.callbacks if isinstance(c, MetricsCSV))
-    if trainer.is_global_zero and (not metrics_cb.rows or metrics_cb.rows[-1]["step"] != trainer.global_step):
-        # the step budget ended mid-epoch: evaluate once more so the final state is in metrics.csv
+    # The step budget ended mid-epoch: evaluate once more so the final state is in metrics.csv. Rank zero keeps
+    # the metrics and decides; every rank then validates and checkpoints together (both are collective under DDP).
+    final = not metrics_cb.rows or metrics_cb.rows[-1]["step"] != trainer.global_step
+    if trainer.strategy.broadcast(bool(final), src=0):
         trainer.validate(module, datamodule=dm, verbose=False)
-        metrics_cb.record(trainer, module, module.last_val)
-        metrics_cb.plot()
+        no_best = not (out / "checkpoints" / "best.ckpt").exists()  # no epoch finished: the final state is the best
+        metrics_cb.record(trainer, module, module.last_val)  # collective (reduces the training means); rank zero writes
+        if trainer.is_global_zero:
+            metrics_cb.plot()
         trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
-        if not (out / "checkpoints" / "best.ckpt").exists():  # no epoch finished: the final state is the best
+        if trainer.strategy.broadcast(no_best, src=0):
             trainer.save_checkpoint(out / "checkpoints" / "best.ckpt")
     rows = read_metrics(out / "metrics.csv")
     summary = {"out": str(out), "model": cfg.model, "task": cfg.task, "depth": module.model.config.depth,
