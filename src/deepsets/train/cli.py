@@ -161,11 +161,32 @@ def config_from_args(args):
     return cfg.check_choices(source)
 
 
+def given_fields(args) -> set[str]:
+    """The config fields the command line sets: the given flags and the keys of the ``--config`` file."""
+    from .config import flag_fields
+
+    given = {f.name for f in flag_fields() if getattr(args, f.name, None) is not None}
+    if args.config:
+        import yaml
+
+        given |= set(yaml.safe_load(open(args.config)) or {})  # read (and checked) by config_from_args first
+    if source_options_from_args(args) or args.n_train is not None or args.n_test is not None:
+        given.add("task_options")
+    return given
+
+
 def _cmd_train(args) -> int:
+    from .callbacks import NonFiniteLossError
     from .run import launched_worker, train
 
     cfg = config_from_args(args)
-    summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    changed = given_fields(args) if args.resume else None  # --resume: the saved run, changed only where flags say
+    try:
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite, changed=changed)
+    except NonFiniteLossError:
+        if launched_worker():  # every process stopped at the same step; rank zero says so once
+            return 1
+        raise
     if launched_worker():  # the other DDP processes: the summary is rank zero's to print
         return 0
     final = summary["final"] or {}

@@ -49,13 +49,16 @@ class SetModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, metric = self._step(batch)
-        if not torch.isfinite(loss):
+        here = not bool(torch.isfinite(loss))
+        bad = here
+        if self._trainer is not None and self.trainer.world_size > 1:  # all processes stop at the same step: one
+            bad = self.trainer.strategy.reduce_boolean_decision(here, all=False)  # stopping alone hangs the others
+        if bad:
             from .callbacks import NonFiniteLossError
 
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
-                f"(batch {batch_idx}); training stopped"
-            )
+            what = f"{loss.item()} at epoch" if here else "not finite on another process at epoch"
+            raise NonFiniteLossError(f"training loss is {what} {self.current_epoch}, step {self.global_step} "
+                                     f"(batch {batch_idx}); training stopped")
         n = batch[0].shape[0]
         self.train_loss.update(loss.detach(), n)
         self.train_metric.update(metric, n)

@@ -205,7 +205,8 @@ def default_out(cfg: TrainConfig) -> str:
     return str(Path("runs") / f"{task}-{cfg.model}-d{depth}-s{cfg.seed}")
 
 
-def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, extra_callbacks=()) -> pl.Trainer:
+def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, extra_callbacks=(),
+                  resume: bool = False) -> pl.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",
@@ -216,7 +217,7 @@ def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, ext
         max_epochs=epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy, num_nodes=cfg.num_nodes, precision=cfg.precision,
         gradient_clip_val=cfg.grad_clip, check_val_every_n_epoch=cfg.eval_every,
-        callbacks=[SubsetEpoch(), MetricsCSV(out, metric_name, title), ckpt, *extra_callbacks],
+        callbacks=[SubsetEpoch(), MetricsCSV(out, metric_name, title, resume), ckpt, *extra_callbacks],
         plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=cfg.progress,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=out,
         deterministic=False, use_distributed_sampler=True,
@@ -247,11 +248,76 @@ def init_output_scale(model, targets: np.ndarray) -> None:
             last.bias.mul_(s).add_(torch.as_tensor(mean, dtype=last.bias.dtype))
 
 
-def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, dataset=None, echo=print) -> dict:
+#: what ``--resume`` may change: the budget, the hardware and the bookkeeping. Everything else (task, data, model,
+#: optimizer) is the saved run's; the checkpoint's weights and optimizer state hold it.
+RESUMABLE = ("epochs", "max_steps", "eval_every", "grad_clip", "progress", "accelerator", "devices", "strategy",
+             "num_nodes", "num_workers", "precision", "out")
+
+
+def changed_fields(cfg: TrainConfig) -> set[str]:
+    """The fields of ``cfg`` that differ from :class:`TrainConfig`'s defaults (what a Python caller set)."""
+    default = TrainConfig()
+    return {k for k in TrainConfig.field_names() if getattr(cfg, k) != getattr(default, k)}
+
+
+def resume_config(out: str | Path, cfg: TrainConfig, changed, echo=print) -> TrainConfig:
+    """The saved config of the run in ``out`` with the fields named in ``changed`` taken from ``cfg``.
+
+    Only :data:`RESUMABLE` fields may differ from the saved run (a larger ``epochs``, other devices, ...); each
+    change is said once. Another field that differs (``--depth``, ``--lr``, ``--data``, ...) is refused with
+    ``ValueError`` naming it: the checkpoint's weights and optimizer state belong to the saved values.
+    """
+    out = Path(out)
+    saved = TrainConfig.load(out / "config.yaml")
+    cfg = copy.deepcopy(cfg)
+    _absolute_paths(cfg)
+    said = []
+    for name in sorted(set(changed) - {"out"}, key=TrainConfig.field_names().index):
+        new, old = getattr(cfg, name), getattr(saved, name)
+        if name == "task_options":  # data options: each given one must match the saved run's
+            diff = {k: v for k, v in new.items() if old.get(k) != v}
+            if diff:
+                k = next(iter(diff))
+                raise ValueError(f"--resume: {flag_name(k)} {diff[k]!r} differs from the run's saved "
+                                 f"{old.get(k)!r} ({out / 'config.yaml'}); the data of a run cannot change when it "
+                                 f"is resumed: start a new run with another --out")
+            continue
+        if new == old:
+            continue
+        if name not in RESUMABLE:
+            raise ValueError(f"--resume: {flag_name(name)} {new!r} differs from the run's saved {old!r} "
+                             f"({out / 'config.yaml'}); only the budget and hardware flags "
+                             f"({', '.join(flag_name(k) for k in RESUMABLE if k != 'out')}) can change when a run "
+                             f"is resumed: start a new run with another --out")
+        setattr(saved, name, new)
+        said.append(f"{flag_name(name)} {old} -> {new}")
+    saved.out = str(out)
+    if not launched_worker():
+        ckpt = read_checkpoint(out / "checkpoints" / "last.ckpt")
+        where = f"saved at epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')}"
+        echo(f"resuming {out} from its last checkpoint ({where}) as configured in config.yaml"
+             + (f", except {'; '.join(said)}" if said else ""))
+    return saved
+
+
+def flag_name(field_name: str) -> str:
+    """The command-line flag of a config field or task option (``max_steps`` -> ``--max-steps``)."""
+    from dataclasses import fields
+
+    meta = next((f.metadata for f in fields(TrainConfig) if f.name == field_name), {})
+    return meta.get("flag") or "--" + field_name.replace("_", "-")
+
+
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, dataset=None, echo=print,
+          changed=None) -> dict:
     """Train one model; returns a summary (and writes ``config.yaml``, ``metrics.csv``, checkpoints, PNG).
 
     ``dataset`` (a dataset or ``Subset`` of one) replaces the task's training split: cross-validation folds
     and the scikit-learn estimators train this way; ``config.yaml`` then records the task and options only.
+
+    ``resume=True`` continues the run in ``cfg.out`` exactly as saved in its ``config.yaml``; the fields named in
+    ``changed`` (default: those of ``cfg`` that differ from :class:`TrainConfig`'s defaults) are taken from
+    ``cfg``, and only the budget and hardware may change (see :func:`resume_config`).
 
     Like the ``deepsets`` command, this tunes the process's allocator (:func:`deepsets.runtime.tune_allocator`)
     unless ``DEEPSETS_TUNE_MALLOC=0``.
@@ -260,23 +326,19 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
 
     tune_allocator()
     cfg = copy.deepcopy(cfg)
-    if resume and cfg.out is not None and (Path(cfg.out) / "config.yaml").is_file():
-        cfg.task = cfg.task or TrainConfig.load(Path(cfg.out) / "config.yaml").task  # the saved run's task
-    if not launched_worker() or cfg.task is None:
-        resolve_task(cfg, echo=echo if not launched_worker() else (lambda *a: None))
-    _absolute_paths(cfg)
-    if cfg.out is None:
+    quiet = (lambda *a: None) if launched_worker() else echo
+    if cfg.out is None:  # the default folder is named after the task, model, depth and seed
+        resolve_task(cfg, echo=quiet)
         cfg.out = default_out(cfg)
     if launched_worker():  # a DDP process started by Lightning: rank 0 has prepared the folder
         out = Path(cfg.out)
     else:
         out = prepare_out_dir(cfg.out, resume, overwrite)
-    if resume:  # the saved config is the run's; command-line values only extend the budget
-        saved = TrainConfig.load(out / "config.yaml")
-        for k in ("epochs", "max_steps", "progress", "accelerator", "devices", "strategy", "num_nodes", "num_workers"):
-            setattr(saved, k, getattr(cfg, k))
-        saved.out = str(out)
-        cfg = saved
+    if resume:
+        cfg = resume_config(out, cfg, changed_fields(cfg) if changed is None else changed, echo=echo)
+    else:
+        resolve_task(cfg, echo=quiet)
+        _absolute_paths(cfg)
     task = resolve_task(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = SetDataModule(cfg, dataset)
@@ -290,12 +352,13 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
     if not task.paper and dm.info.get("features") and not launched_worker():
         feats = dm.info["features"]
         echo(f"features ({len(feats)}): {', '.join(feats[:12])}{' ...' if len(feats) > 12 else ''}")
-    if not resume and not launched_worker():
+    if not launched_worker():  # on resume: the saved config with what this resumption changed
         cfg.save(out / "config.yaml")
     title = f"{cfg.model} depth {module.model.config.depth} on {cfg.task}"
     quiet_lightning(verbose=cfg.progress)  # before the Trainer prints its banners
-    trainer = build_trainer(cfg, out, task.metric, title)
+    trainer = build_trainer(cfg, out, task.metric, title, resume=resume)
     ckpt_path = str(out / "checkpoints" / "last.ckpt") if resume else None
+    start_step = read_checkpoint(ckpt_path).get("global_step", 0) if resume else 0
     if cfg.max_steps > 0:  # a step budget may end before the first validation; the final one is done below
         warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
     try:
@@ -314,11 +377,14 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
     metrics_cb = next(c for c in trainer.callbacks if isinstance(c, MetricsCSV))
     # The step budget ended mid-epoch: evaluate once more so the final state is in metrics.csv. Rank zero keeps
     # the metrics and decides; every rank then validates and checkpoints together (both are collective under DDP).
-    final = not metrics_cb.rows or metrics_cb.rows[-1]["step"] != trainer.global_step
+    final = trainer.global_step > start_step and (not metrics_cb.rows or metrics_cb.rows[-1]["step"] != trainer.global_step)
+    if trainer.global_step == start_step and resume and not launched_worker():
+        echo(f"nothing to train: the run in {out} already finished its budget (epoch {trainer.current_epoch}, step "
+             f"{trainer.global_step}); pass a larger --epochs or --max-steps with --resume to train further")
     if trainer.strategy.broadcast(bool(final), src=0):
         trainer.validate(module, datamodule=dm, verbose=False)
         no_best = not (out / "checkpoints" / "best.ckpt").exists()  # no epoch finished: the final state is the best
-        metrics_cb.record(trainer, module, module.last_val)  # collective (reduces the training means); rank zero writes
+        metrics_cb.record(trainer, module, module.last_val, metrics_cb.last_step_epoch)  # collective (reduces the training means); rank zero writes
         if trainer.is_global_zero:
             metrics_cb.plot()
         trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
@@ -327,9 +393,17 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
     rows = read_metrics(out / "metrics.csv")
     summary = {"out": str(out), "model": cfg.model, "task": cfg.task, "depth": module.model.config.depth,
                "metric": task.metric,
-               "epochs_done": trainer.current_epoch, "steps": trainer.global_step,
+               "epochs_done": complete_epochs(trainer), "steps": trainer.global_step,
                "final": rows[-1] if rows else None, "best_val_loss": min((r["val_loss"] for r in rows), default=None)}
     return summary
+
+
+def complete_epochs(trainer) -> int:
+    """Epochs trained to their end (Lightning's ``current_epoch`` also counts one a step budget stopped inside)."""
+    per_epoch = trainer.num_training_batches
+    if isinstance(per_epoch, int) and per_epoch > 0:
+        return min(trainer.current_epoch, trainer.global_step // per_epoch)
+    return trainer.current_epoch
 
 
 # ---------------------------------------------------------------------------------------------------- eval
