@@ -235,6 +235,7 @@ def test_resume_with_only_out_continues_as_saved_regression(tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1, 2] and [r["step"] for r in rows] == [5, 10, 15]
     after = _saved(out)
     assert after.pop("epochs") == 3 and before.pop("epochs") == 2
+    assert after.pop("progress") is False and before.pop("progress") is True  # --no-progress was given too
     assert after == before  # nothing else changed: task, lr, batch size, data sizes, model
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["target"] == "regression" and ckpt["hyper_parameters"]["lr"] == 3e-3

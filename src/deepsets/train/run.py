@@ -327,8 +327,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
     tune_allocator()
     cfg = copy.deepcopy(cfg)
     quiet = (lambda *a: None) if launched_worker() else echo
-    if cfg.out is None:  # the default folder is named after the task, model, depth and seed
-        resolve_task(cfg, echo=quiet)
+    if not resume or cfg.out is None:  # a bad task fails before any folder is made; the default folder is named
+        resolve_task(cfg, echo=quiet)  # after the task, model, depth and seed
+        _absolute_paths(cfg)
+    if cfg.out is None:
         cfg.out = default_out(cfg)
     if launched_worker():  # a DDP process started by Lightning: rank 0 has prepared the folder
         out = Path(cfg.out)
@@ -336,9 +338,6 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
         out = prepare_out_dir(cfg.out, resume, overwrite)
     if resume:
         cfg = resume_config(out, cfg, changed_fields(cfg) if changed is None else changed, echo=echo)
-    else:
-        resolve_task(cfg, echo=quiet)
-        _absolute_paths(cfg)
     task = resolve_task(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = SetDataModule(cfg, dataset)
