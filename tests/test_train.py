@@ -191,6 +191,7 @@ def test_ddp_step_budget_ending_mid_epoch(model, tmp_path):
     assert all(np.isfinite(r["val_loss"]) for r in rows)
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "checkpoints" / "best.ckpt").is_file()
     assert log.count("run folder:") == 1, log
+    assert "Warning" not in log and "DistributedSampler" not in log and "Tip:" not in log, log  # nothing foreign
 
 
 def test_demo_runs_end_to_end_small(tmp_path):

@@ -142,6 +142,8 @@ def quiet_lightning(verbose: bool = True) -> None:
                     ".*weights_only.*", ".*litlogger.*", ".*isinstance\\(treespec, LeafSpec\\).*"):
         warnings.filterwarnings("ignore", message=pattern)
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # --resume
+    # DDP's final validation: the DistributedSampler repeats at most (processes - 1) sets to even out the shards
+    warnings.filterwarnings("ignore", message=".*it is recommended to use `Trainer\\(devices=1, num_nodes=1\\)`.*")
     # "GPU available: False ...", "TPU available ..." and the logging tip: hardware banners, not advice
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning.pytorch.trainer.connectors.logger_connector.logger_connector",
