@@ -112,6 +112,13 @@ class SetModel(nn.Module):
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
 
+    def save_pretrained(self, directory, data_info: dict | None = None):
+        """Write ``DIRECTORY/model.safetensors`` + ``config.json`` (see :mod:`deepsets.hub`); load them with
+        ``deepsets.from_pretrained(DIRECTORY)``."""
+        from ..hub import save_pretrained
+
+        return save_pretrained(self, directory, data_info)
+
 
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
