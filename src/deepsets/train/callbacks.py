@@ -110,6 +110,9 @@ class MetricsCSV(pl.Callback):
         row = {"epoch": epoch, "step": trainer.global_step, **pl_module.take_train_means(),
                **val, "elapsed_s": round(time.time() - self.t0, 2)}
         pl_module.last_val = {}
+        from .loggers import log_row
+
+        log_row(trainer, row)
         if trainer.is_global_zero:
             self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
             write_metrics(self.path, self.rows)

@@ -57,6 +57,12 @@ def task_names() -> list[str]:
     return list_tasks()
 
 
+def logger_names() -> list[str]:
+    from .loggers import LOGGERS
+
+    return list(LOGGERS)
+
+
 def int_or_str(v: str):
     return int(v) if v.isdigit() else v
 
@@ -132,6 +138,13 @@ class TrainConfig:
                                                        group=RUN))
     eval_every: int = field(default=1, metadata=cli("validate (and checkpoint) every this many epochs", group=RUN))
     progress: bool = field(default=True, metadata=cli("show no progress bar", group=RUN))
+    logger: str | None = field(default=None, metadata=cli(
+        "also log to this Lightning logger: {names} (extras; metrics.csv is always written)", names=logger_names,
+        choices=logger_names, group=RUN))
+    logger_uri: str | None = field(default=None, metadata=cli(
+        "where the logger writes: a folder for csv/tensorboard (default OUT), an MLflow tracking URI (default "
+        "sqlite:///OUT/mlflow.db; e.g. http://HOST:5000), a wandb project (default deepsets)", metavar="URI",
+        group=RUN))
     # for configs/paper/: table, row, column, the paper's number
     paper: dict = field(default_factory=dict, metadata=cli(flag=False))
 

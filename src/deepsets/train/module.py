@@ -78,8 +78,10 @@ class SetModule(pl.LightningModule):
         self.last_val = {"val_loss": self.val_loss.compute().item(), "val_metric": self.val_metric.compute().item()}
         self.val_loss.reset(), self.val_metric.reset()
         # val_loss is what checkpoints monitor; it is already reduced over processes by torchmetrics.
-        self.log("val_loss", self.last_val["val_loss"], prog_bar=True, sync_dist=False, rank_zero_only=False)
-        self.log("val_metric", self.last_val["val_metric"], prog_bar=self.metric_name != "mse")
+        # (loggers get them with the epoch's training means, in the metrics.csv row: see MetricsCSV.record)
+        self.log("val_loss", self.last_val["val_loss"], prog_bar=True, sync_dist=False, rank_zero_only=False,
+                 logger=False)
+        self.log("val_metric", self.last_val["val_metric"], prog_bar=self.metric_name != "mse", logger=False)
 
     def take_train_means(self) -> dict[str, float]:
         """Epoch means of the training loss/metric (reduced over processes), then reset."""

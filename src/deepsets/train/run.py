@@ -17,9 +17,11 @@ from ..data._base import require_labels
 from ..data.targets import infer_target
 from .callbacks import AtomicCheckpointIO, MetricsCSV, NonFiniteLossError, SubsetEpoch, read_metrics
 from .config import TrainConfig
+from .loggers import make_logger
 from .module import SetModule
 
-RUN_FILES = ("config.yaml", "metrics.csv", "learning_curve.png", "checkpoints", "results.json")
+RUN_FILES = ("config.yaml", "metrics.csv", "learning_curve.png", "checkpoints", "results.json",
+             "logs", "tensorboard", "mlflow.db", "wandb")  # the last four: --logger csv|tensorboard|mlflow|wandb
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -139,7 +141,8 @@ def quiet_lightning(verbose: bool = True) -> None:
     import logging
 
     for pattern in (".*does not have many workers.*", ".*sync_dist=True.*", ".*LeafSpec.*is deprecated.*",
-                    ".*weights_only.*", ".*litlogger.*", ".*isinstance\\(treespec, LeafSpec\\).*"):
+                    ".*weights_only.*", ".*litlogger.*", ".*isinstance\\(treespec, LeafSpec\\).*",
+                    ".*smaller than the logging interval.*"):
         warnings.filterwarnings("ignore", message=pattern)
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # --resume
     # DDP's final validation: the DistributedSampler repeats at most (processes - 1) sets to even out the shards
@@ -220,7 +223,8 @@ def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, ext
         strategy=cfg.strategy, num_nodes=cfg.num_nodes, precision=cfg.precision,
         gradient_clip_val=cfg.grad_clip, check_val_every_n_epoch=cfg.eval_every,
         callbacks=[SubsetEpoch(), MetricsCSV(out, metric_name, title, resume), ckpt, *extra_callbacks],
-        plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=cfg.progress,
+        plugins=[AtomicCheckpointIO()], logger=make_logger(cfg.logger, cfg.logger_uri, out),
+        enable_progress_bar=cfg.progress,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=out,
         deterministic=False, use_distributed_sampler=True,
     )
@@ -253,7 +257,7 @@ def init_output_scale(model, targets: np.ndarray) -> None:
 #: what ``--resume`` may change: the budget, the hardware and the bookkeeping. Everything else (task, data, model,
 #: optimizer) is the saved run's; the checkpoint's weights and optimizer state hold it.
 RESUMABLE = ("epochs", "max_steps", "eval_every", "grad_clip", "progress", "accelerator", "devices", "strategy",
-             "num_nodes", "num_workers", "precision", "out")
+             "num_nodes", "num_workers", "precision", "logger", "logger_uri", "out")
 
 
 def changed_fields(cfg: TrainConfig) -> set[str]:
@@ -391,6 +395,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
         trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
         if trainer.strategy.broadcast(no_best, src=0):
             trainer.save_checkpoint(out / "checkpoints" / "best.ckpt")
+    from .loggers import close_loggers
+
+    close_loggers(trainer)  # the final row came after Lightning closed them
     rows = read_metrics(out / "metrics.csv")
     summary = {"out": str(out), "model": cfg.model, "task": cfg.task, "depth": module.model.config.depth,
                "metric": task.metric,
