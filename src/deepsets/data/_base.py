@@ -263,6 +263,8 @@ class SetDataset(Dataset):
     out_dim: int = 1
     num_classes: int | None = None
     source: str = ""
+    generated: bool = False  # made by a generator or simulator: holds no NaN, so check_finite skips it
+    has_test_split: bool = False  # the training split's file also holds a separate test split
 
     def __init__(self, set_size: int | None = None, seed: int = 0, fixed_subset: bool = False):
         if set_size is not None and int(set_size) < 1:
@@ -328,6 +330,14 @@ class SetDataset(Dataset):
             where = f"element {bad[0]}" + (f", feature {bad[1]}" if len(bad) > 1 else "")
             raise DataError(f"{self.source}: {self.set_label(index)} holds a NaN or infinite feature value "
                             f"(expected finite numbers, found {x[tuple(bad)]} at {where}); clean or drop it")
+
+    def scan_finite(self, indices):
+        """The first NaN/inf feature value (or empty set) among the sets ``indices``, as a
+        :class:`~deepsets.data.finite.NonFinite`, or ``None``: what :func:`~deepsets.data.check_finite` asks.
+        This default reads each set; datasets of big files override it with one pass in large blocks."""
+        from .finite import scan_sets
+
+        return scan_sets(self._raw_set, indices)
 
     def target_of(self, index: int, n_elements: int | None = None) -> torch.Tensor:
         """The target of set ``index`` as a tensor, checked: finite for regression, a class index in range.

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..data import DataError, collate_sets, get_task, load_task
+from ..data import DataError, check_before_training, collate_sets, get_task, load_task
 from ..data._base import require_labels
 from ..data.targets import infer_target
 from .callbacks import AtomicCheckpointIO, MetricsCSV, NonFiniteLossError, SubsetEpoch, read_metrics
@@ -281,6 +281,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = SetDataModule(cfg, dataset)
     dm.setup("fit")
+    check_before_training(dm.train_set, dm.val_set, None if dataset is not None else lambda: dm.load("test"))
     kw = model_kwargs(cfg, dm.info)
     module = SetModule(cfg.model, kw, cfg.task, task.target, cfg.lr, train_config=cfg.to_dict(),
                        data_info=dm.info)
