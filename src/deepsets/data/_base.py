@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 
 import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -221,8 +223,55 @@ def _h5_file_class():
     return CheckedH5File
 
 
+FILE_CHECK_ENV = "DEEPSETS_FILE_CHECK_TIMEOUT"
+_checked_files: set = set()  # (path, mtime, size) of the files whose metadata walk finished in this process
+
+
+def file_check_timeout() -> float:
+    """Seconds the metadata walk of an HDF5 file may take: ``$DEEPSETS_FILE_CHECK_TIMEOUT``, default 30; 0 = no walk."""
+    raw = os.environ.get(FILE_CHECK_ENV, "").strip() or "30"
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{FILE_CHECK_ENV} must be a number of seconds (0 turns the check off), got {raw!r}") from None
+
+
+def loader_timeout() -> float:
+    """Seconds a DataLoader worker may take for one batch before the run stops with an error: 10 x
+    :func:`file_check_timeout` (300 s by default; 0 = wait forever). A worker blocked inside the HDF5 library on a
+    damaged data chunk (which the metadata walk does not read) would otherwise hang training."""
+    return 10 * file_check_timeout()
+
+
+def check_h5_file(path: Path) -> None:
+    """Walk the metadata of an HDF5 file in a child process (:mod:`deepsets.data._h5walk`), killed after
+    :func:`file_check_timeout` seconds: some damaged metadata makes the HDF5 C library loop forever, which no
+    Python code can interrupt, so the first read of a file happens where it can be stopped. A walk that does not
+    finish, or a child that crashes, raises :class:`DataError` naming the file. Done once per file (path,
+    modification time, size) per process; DataLoader workers started by fork inherit what was checked."""
+    timeout = file_check_timeout()
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if timeout <= 0 or key in _checked_files or not sys.executable:
+        return
+    walker = Path(__file__).with_name("_h5walk.py")
+    try:
+        rc = subprocess.run([sys.executable, "-I", str(walker), str(path)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:  # the child is killed
+        raise DataError(f"{path}: reading the file did not finish within {timeout:g} s (damaged HDF5 metadata?); "
+                        f"restore the file from a good copy (a slow disk? raise {FILE_CHECK_ENV})") from None
+    if rc < 0:
+        raise DataError(f"{path}: reading the file crashed the HDF5 library (signal {-rc}; damaged HDF5 "
+                        f"metadata?); restore the file from a good copy")
+    _checked_files.add(key)  # rc 1: h5py raised; the caller's own read says what is wrong
+
+
 def open_h5(path: str | os.PathLike):
     """Open an HDF5 file read-only; a missing path raises FileNotFoundError, a damaged one DataError.
+
+    The first time a file is opened its metadata is walked in a child process with a timeout
+    (:func:`check_h5_file`), so a file that would make the HDF5 library loop gives an error instead of a hang.
 
     Used as ``with open_h5(path) as f: ...``, h5py errors raised inside the block (damaged metadata found while
     reading keys, shapes or values) also become :class:`DataError` naming the file.
@@ -230,6 +279,7 @@ def open_h5(path: str | os.PathLike):
     p = check_exists(path)
     if p.is_dir():
         raise DataError(f"{p}: expected an HDF5 file, found a folder")
+    check_h5_file(p)
     try:
         f = _h5_file_class()(p, "r")
     except Exception as e:
