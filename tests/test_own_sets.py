@@ -217,7 +217,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, case, capsys):
         expect = ["bad.csv", "'FSC-A' is not numeric", "row 5", "n/a?"]
     elif case == "nan":
         df.loc[7, "SSC-A"] = np.inf
-        expect = ["bad.csv", "set 'p00', row 7", "'SSC-A'", "inf"]
+        expect = ["bad.csv", "(p00) of the", "split holds a NaN", "row 7 of the file", "'SSC-A'", "inf"]
     elif case == "missing_feature":
         args += ["--features", "FSC-A", "CD45"]
         expect = ["bad.csv", "'CD45' not found", "'SSC-A'"]

@@ -224,6 +224,7 @@ def _h5_file_class():
 
 
 FILE_CHECK_ENV = "DEEPSETS_FILE_CHECK_TIMEOUT"
+H5_WALKER = Path(__file__).with_name("_h5walk.py")
 _checked_files: set = set()  # (path, mtime, size) of the files whose metadata walk finished in this process
 
 
@@ -254,9 +255,8 @@ def check_h5_file(path: Path) -> None:
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if timeout <= 0 or key in _checked_files or not sys.executable:
         return
-    walker = Path(__file__).with_name("_h5walk.py")
     try:
-        rc = subprocess.run([sys.executable, "-I", str(walker), str(path)], stdin=subprocess.DEVNULL,
+        rc = subprocess.run([sys.executable, "-I", str(H5_WALKER), str(path)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout).returncode
     except subprocess.TimeoutExpired:  # the child is killed
         raise DataError(f"{path}: reading the file did not finish within {timeout:g} s (damaged HDF5 metadata?); "
