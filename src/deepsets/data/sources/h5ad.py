@@ -219,7 +219,7 @@ class H5ADReader(SetReader):
                 step = max(1, SLAB_BYTES // data.dtype.itemsize)
                 for a in range(0, data.shape[0], step):
                     block = np.asarray(data[a: a + step])
-                    if np.isfinite(block.sum(dtype=np.float64)):
+                    if np.isfinite(block).all():
                         continue
                     pos = np.flatnonzero(~np.isfinite(block))
                     cells = np.searchsorted(self.indptr, pos + a, side="right") - 1
@@ -239,7 +239,7 @@ class H5ADReader(SetReader):
                 if not wanted.any():
                     continue
                 block = np.asarray(M[a: a + step])[:, self._idx]
-                if np.isfinite(block.sum(dtype=np.float64)):
+                if np.isfinite(block).all():
                     continue
                 bad = ~np.isfinite(block) & wanted[:, None]
                 if bad.any():

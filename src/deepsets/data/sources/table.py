@@ -212,7 +212,7 @@ class TableReader(SetReader):
                 glob = np.array([ids.setdefault(u, len(ids)) for u in uniq], dtype=np.int32)
                 codes = glob[local]
                 seen = np.pad(seen, (0, len(ids) - len(seen)))  # rows of each set in earlier chunks
-                if not np.isfinite(x.sum()):
+                if not np.isfinite(x).all():
                     _note_nonfinite(x, codes, seen, df.index, nonfinite)
                 seen += np.bincount(codes, minlength=len(ids))
                 if label_col is not None:
