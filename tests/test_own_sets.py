@@ -233,7 +233,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, case, capsys):
         args = ["--set-column", "0", "--label-column", "3"]
         expect = ["bad.csv", "looks like data", "--no-header"]
     else:
-        expect = ["set 1 is empty"]
+        expect = ["set 1 of the train split is empty"]
     df.to_csv(path, index=False, header=case != "no_header_flag")
     if case == "empty_list":
         from deepsets import SetClassifier

@@ -27,13 +27,15 @@ SLAB_BYTES = 64 << 20  # bytes read per block: large enough for full read speed,
 class NonFinite:
     """Where a scan found a bad value: set ``index`` (position in the dataset), ``element`` and ``feature``
     (positions within the set as training sees it), the ``value``; ``element=None`` means the set is empty
-    (every row NaN padding). ``row`` is the row of the file, where it differs from the element's position."""
+    (``padding``: every row is NaN padding). ``row`` is the row of the file, where it differs from the element's
+    position."""
 
     index: int
     element: int | None
     feature: int | None = None
     value: float | None = None
     row: int | None = None
+    padding: bool = False
 
 
 def first_nonfinite(block: np.ndarray, padding: bool = False) -> tuple | None:
@@ -95,7 +97,7 @@ def scan_array(arr, indices: np.ndarray, padding: bool = False, first: int = 0) 
         if hit is not None:
             s, r, f, e = hit
             index = first + a + int(np.flatnonzero(keep)[s])
-            return NonFinite(index, e, f, None if r is None else float(block[s, r, f]))
+            return NonFinite(index, e, f, None if r is None else float(block[s, r, f]), padding=padding)
     return None
 
 
@@ -147,8 +149,9 @@ def check_finite(datasets, split: str = "train") -> None:
         where = next(name for name, idx in members if hit.index in set(idx.tolist()))
         label = f"{base.set_label(hit.index)} of the {where} split"
         if hit.element is None:
-            raise DataError(f"{base.source}: {label} is empty (expected at least one element, found 0: every row "
-                            f"is NaN padding); remove it from the data")
+            why = ": every row is NaN padding" if hit.padding else ""
+            raise DataError(f"{base.source}: {label} is empty (expected at least one element, found 0{why}); remove it "
+                            f"from the data")
         names = getattr(base, "feature_names", None)
         feature = f"{hit.feature}" + (f" ({names[hit.feature]!r})" if names and hit.feature < len(names) else "")
         row = f" (row {hit.row} of the file)" if hit.row is not None else ""
