@@ -22,7 +22,6 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,10 +69,10 @@ def time_scan(path: Path) -> float:
 
 
 def time_walk(path: Path) -> float:
-    from deepsets.data._base import H5_WALKER
+    from deepsets.data._base import h5_walk_command
 
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-I", str(H5_WALKER), str(path)], check=True)
+    subprocess.run(h5_walk_command(path), check=True)
     return time.perf_counter() - t
 
 

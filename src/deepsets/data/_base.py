@@ -225,6 +225,15 @@ def _h5_file_class():
 
 FILE_CHECK_ENV = "DEEPSETS_FILE_CHECK_TIMEOUT"
 H5_WALKER = Path(__file__).with_name("_h5walk.py")
+_RUN_SCRIPT = ("import runpy, sys; del sys.path[0]; sys.argv = sys.argv[1:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def h5_walk_command(path) -> list[str]:
+    """The command of the metadata walk of ``path``: the walker script run with this environment's h5py (also
+    one found through PYTHONPATH), with neither the current folder nor the script's folder first on sys.path,
+    where a file could shadow a module h5py imports."""
+    return [sys.executable, "-c", _RUN_SCRIPT, str(H5_WALKER), str(path)]
 _checked_files: set = set()  # (path, mtime, size) of the files whose metadata walk finished in this process
 
 
@@ -256,7 +265,7 @@ def check_h5_file(path: Path) -> None:
     if timeout <= 0 or key in _checked_files or not sys.executable:
         return
     try:
-        rc = subprocess.run([sys.executable, "-I", str(H5_WALKER), str(path)], stdin=subprocess.DEVNULL,
+        rc = subprocess.run(h5_walk_command(path), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout).returncode
     except subprocess.TimeoutExpired:  # the child is killed
         raise DataError(f"{path}: reading the file did not finish within {timeout:g} s (damaged HDF5 metadata?); "

@@ -25,7 +25,7 @@ def _attempt(step, errors: list, default=None):
 
 
 def _read_some(ds) -> None:
-    ds.dtype, ds.chunks, ds.compression
+    _ = ds.dtype, ds.chunks, ds.compression  # each reads a message of the object header
     if ds.chunks is not None and hasattr(ds.id, "chunk_iter"):
         ds.id.chunk_iter(lambda info: None)  # the whole chunk index (metadata only, no chunk is read)
     if not ds.shape or ds.size == 0 or ds.size * ds.dtype.itemsize <= SMALL:
