@@ -224,6 +224,7 @@ def _h5_file_class():
 
 
 FILE_CHECK_ENV = "DEEPSETS_FILE_CHECK_TIMEOUT"
+_checked_files: set = set()  # (path, mtime, size) of the files whose metadata walk finished in this process
 H5_WALKER = Path(__file__).with_name("_h5walk.py")
 _RUN_SCRIPT = ("import runpy, sys; del sys.path[0]; sys.argv = sys.argv[1:]; "
                "runpy.run_path(sys.argv[0], run_name='__main__')")
@@ -234,7 +235,6 @@ def h5_walk_command(path) -> list[str]:
     one found through PYTHONPATH), with neither the current folder nor the script's folder first on sys.path,
     where a file could shadow a module h5py imports."""
     return [sys.executable, "-c", _RUN_SCRIPT, str(H5_WALKER), str(path)]
-_checked_files: set = set()  # (path, mtime, size) of the files whose metadata walk finished in this process
 
 
 def file_check_timeout() -> float:

@@ -199,7 +199,6 @@ class H5ADReader(SetReader):
         except Exception as e:  # noqa: BLE001 - h5py's errors on damaged files
             raise DataError(f"{self.path}: cannot read /{self.key} rows of set {self.set_ids[index]!r}: {e}") from e
 
-
     def scan_finite(self, indices):
         """One pass over ``X`` (or the layer) in large blocks: dense rows, or the stored values of a CSR matrix.
         Only the chosen features of the cells of the wanted sets count."""

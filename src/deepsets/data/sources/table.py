@@ -9,9 +9,9 @@ table's size and sets are served faster than a deep model trains on them (``benc
 
 Checks while indexing (each a one-line :class:`~deepsets.data.DataError` naming the file): a named column that
 does not exist (the message lists the columns there are), a feature column with a non-numeric value (column,
-row and value), a label that differs within one set (the set and
-two of its labels). NaN or infinite feature values are noted in the index (the first of each set) and reported
-by :meth:`TableReader.scan_finite`, so :func:`~deepsets.data.check_finite` names the split of the set.
+row and value), a label that differs within one set (the set and two of its labels). NaN or infinite feature
+values are noted in the index (the first of each set) and reported by :meth:`TableReader.scan_finite`, so that
+:func:`~deepsets.data.check_finite` names the split the set is in (reading such a set also raises).
 """
 from __future__ import annotations
 
