@@ -217,7 +217,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, case, capsys):
         expect = ["bad.csv", "'FSC-A' is not numeric", "row 5", "n/a?"]
     elif case == "nan":
         df.loc[7, "SSC-A"] = np.inf
-        expect = ["bad.csv", "set 'p00', row 7", "'SSC-A'", "inf"]
+        expect = ["bad.csv", "(p00) of the", "split holds a NaN", "row 7 of the file", "'SSC-A'", "inf"]
     elif case == "missing_feature":
         args += ["--features", "FSC-A", "CD45"]
         expect = ["bad.csv", "'CD45' not found", "'SSC-A'"]
@@ -233,7 +233,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, case, capsys):
         args = ["--set-column", "0", "--label-column", "3"]
         expect = ["bad.csv", "looks like data", "--no-header"]
     else:
-        expect = ["set 1 is empty"]
+        expect = ["set 1 of the train split is empty"]
     df.to_csv(path, index=False, header=case != "no_header_flag")
     if case == "empty_list":
         from deepsets import SetClassifier

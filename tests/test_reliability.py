@@ -483,5 +483,8 @@ def test_errors_doc_lists_the_messages():
                    "no set column given", "not a readable checkpoint", "not a deepsets training checkpoint",
                    "weights do not match", "data path does not exist", "already holds files", "cannot be created",
                    "no checkpoint to resume", "training loss is nan at epoch", "--debug",
-                   "differs from the run's saved", "nothing to train: the run in", "not finite on another process"]:
+                   "differs from the run's saved", "nothing to train: the run in", "not finite on another process",
+                   "of the train split holds a NaN or infinite feature value", "of the validation split",
+                   "of the test split", "every row is NaN padding", "reading the file did not finish within",
+                   "crashed the HDF5 library", "DEEPSETS_FILE_CHECK_TIMEOUT", "DataLoader timed out"]:
         assert phrase in text, phrase

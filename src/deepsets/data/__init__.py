@@ -18,6 +18,7 @@ AnnData, FCS folders, arrays and Python lists (:mod:`deepsets.data.sources`). Se
 """
 from ._base import DataError, SetDataset, data_dir, subset_indices, subset_views
 from .collate import collate_sets, pad_sets
+from .finite import check_before_training, check_finite
 from .flow_rbc import simulate_flow_rbc
 from .sources import SourceDataset, open_source
 from .sources.arrays import ListReader
@@ -34,6 +35,8 @@ __all__ = [
     "SourceDataset",
     "Task",
     "TaskSpec",
+    "check_before_training",
+    "check_finite",
     "collate_sets",
     "data_dir",
     "detect_task",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 
 import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -221,8 +223,64 @@ def _h5_file_class():
     return CheckedH5File
 
 
+FILE_CHECK_ENV = "DEEPSETS_FILE_CHECK_TIMEOUT"
+_checked_files: set = set()  # (path, mtime, size) of the files whose metadata walk finished in this process
+H5_WALKER = Path(__file__).with_name("_h5walk.py")
+_RUN_SCRIPT = ("import runpy, sys; del sys.path[0]; sys.argv = sys.argv[1:]; "
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def h5_walk_command(path) -> list[str]:
+    """The command of the metadata walk of ``path``: the walker script run with this environment's h5py (also
+    one found through PYTHONPATH), with neither the current folder nor the script's folder first on sys.path,
+    where a file could shadow a module h5py imports."""
+    return [sys.executable, "-c", _RUN_SCRIPT, str(H5_WALKER), str(path)]
+
+
+def file_check_timeout() -> float:
+    """Seconds the metadata walk of an HDF5 file may take: ``$DEEPSETS_FILE_CHECK_TIMEOUT``, default 30; 0 = no walk."""
+    raw = os.environ.get(FILE_CHECK_ENV, "").strip() or "30"
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{FILE_CHECK_ENV} must be a number of seconds (0 turns the check off), got {raw!r}") from None
+
+
+def loader_timeout() -> float:
+    """Seconds a DataLoader worker may take for one batch before the run stops with an error: 10 x
+    :func:`file_check_timeout` (300 s by default; 0 = wait forever). A worker blocked inside the HDF5 library on a
+    damaged data chunk (which the metadata walk does not read) would otherwise hang training."""
+    return 10 * file_check_timeout()
+
+
+def check_h5_file(path: Path) -> None:
+    """Walk the metadata of an HDF5 file in a child process (:mod:`deepsets.data._h5walk`), killed after
+    :func:`file_check_timeout` seconds: some damaged metadata makes the HDF5 C library loop forever, which no
+    Python code can interrupt, so the first read of a file happens where it can be stopped. A walk that does not
+    finish, or a child that crashes, raises :class:`DataError` naming the file. Done once per file (path,
+    modification time, size) per process; DataLoader workers started by fork inherit what was checked."""
+    timeout = file_check_timeout()
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if timeout <= 0 or key in _checked_files or not sys.executable:
+        return
+    try:
+        rc = subprocess.run(h5_walk_command(path), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:  # the child is killed
+        raise DataError(f"{path}: reading the file did not finish within {timeout:g} s (damaged HDF5 metadata?); "
+                        f"restore the file from a good copy (a slow disk? raise {FILE_CHECK_ENV})") from None
+    if rc < 0:
+        raise DataError(f"{path}: reading the file crashed the HDF5 library (signal {-rc}; damaged HDF5 "
+                        f"metadata?); restore the file from a good copy")
+    _checked_files.add(key)  # rc 1: h5py raised; the caller's own read says what is wrong
+
+
 def open_h5(path: str | os.PathLike):
     """Open an HDF5 file read-only; a missing path raises FileNotFoundError, a damaged one DataError.
+
+    The first time a file is opened its metadata is walked in a child process with a timeout
+    (:func:`check_h5_file`), so a file that would make the HDF5 library loop gives an error instead of a hang.
 
     Used as ``with open_h5(path) as f: ...``, h5py errors raised inside the block (damaged metadata found while
     reading keys, shapes or values) also become :class:`DataError` naming the file.
@@ -230,6 +288,7 @@ def open_h5(path: str | os.PathLike):
     p = check_exists(path)
     if p.is_dir():
         raise DataError(f"{p}: expected an HDF5 file, found a folder")
+    check_h5_file(p)
     try:
         f = _h5_file_class()(p, "r")
     except Exception as e:
@@ -263,6 +322,8 @@ class SetDataset(Dataset):
     out_dim: int = 1
     num_classes: int | None = None
     source: str = ""
+    generated: bool = False  # made by a generator or simulator: holds no NaN, so check_finite skips it
+    has_test_split: bool = False  # the training split's file also holds a separate test split
 
     def __init__(self, set_size: int | None = None, seed: int = 0, fixed_subset: bool = False):
         if set_size is not None and int(set_size) < 1:
@@ -328,6 +389,14 @@ class SetDataset(Dataset):
             where = f"element {bad[0]}" + (f", feature {bad[1]}" if len(bad) > 1 else "")
             raise DataError(f"{self.source}: {self.set_label(index)} holds a NaN or infinite feature value "
                             f"(expected finite numbers, found {x[tuple(bad)]} at {where}); clean or drop it")
+
+    def scan_finite(self, indices):
+        """The first NaN/inf feature value (or empty set) among the sets ``indices``, as a
+        :class:`~deepsets.data.finite.NonFinite`, or ``None``: what :func:`~deepsets.data.check_finite` asks.
+        This default reads each set; datasets of big files override it with one pass in large blocks."""
+        from .finite import scan_sets
+
+        return scan_sets(self._raw_set, indices)
 
     def target_of(self, index: int, n_elements: int | None = None) -> torch.Tensor:
         """The target of set ``index`` as a tensor, checked: finite for regression, a class index in range.

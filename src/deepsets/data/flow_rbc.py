@@ -160,6 +160,7 @@ class FlowRBCDataset(SetDataset):
                     label_key = f"{split}_labels"
             require_keys(f, path, [dk, label_key])
             ds, ls, ldt = f[dk].shape, f[label_key].shape, f[label_key].dtype
+            self.has_test_split = split == "train" and "test_data" in f
         if len(ds) != 3:
             raise DataError(f"{path}: {dk} should be [N, cells, features] (features = volume, hemoglobin), "
                             f"found shape {ds}")
@@ -199,3 +200,10 @@ class FlowRBCDataset(SetDataset):
 
     def _target(self, index):
         return np.asarray(self.h5.read(self.lk, index)).reshape(-1)[:1]
+
+    def scan_finite(self, indices):
+        """One pass over ``{split}_data`` in chunk-aligned slabs; all-NaN rows are padding (see module docstring)."""
+        from .finite import scan_array
+
+        with open_h5(self.h5.path) as f:
+            return scan_array(f[self.dk], indices, padding=True)

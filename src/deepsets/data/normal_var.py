@@ -29,6 +29,7 @@ class NormalVarDataset(SetDataset):
     """Generated Normal Var sets (see module docstring). ``elements`` scalars per set, ``n_sets`` sets."""
 
     task = "normal-var"
+    generated = True  # made on access from a generator or an integer image pool: no NaN to scan for
     target_kind = "regression"
     in_dim = 1
     out_dim = 1

@@ -185,6 +185,7 @@ class ShapesDataset(SetDataset):
     """Offline point clouds: procedurally generated shapes (see module docstring)."""
 
     task = "point-cloud"
+    generated = True  # made on access from a generator or an integer image pool: no NaN to scan for
     target_kind = "class"
     in_dim = 3
 
@@ -290,6 +291,19 @@ class ModelNetH5Dataset(SetDataset):
     def _target(self, index):
         (src, _, lk), j = self._locate(index)
         return int(np.asarray(src.read(lk, j)).reshape(-1)[0])
+
+    def scan_finite(self, indices):
+        from .finite import scan_array
+
+        indices = np.asarray(indices)
+        for (src, dk, _), a, b in zip(self.parts, self.offsets[:-1], self.offsets[1:]):
+            mine = indices[(indices >= a) & (indices < b)]
+            if len(mine):
+                with open_h5(src.path) as f:
+                    hit = scan_array(f[dk], mine, first=int(a))
+                if hit is not None:
+                    return hit
+        return None
 
     def _transform(self, x):
         return standardize_cloud(x)

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..data import DataError, collate_sets, get_task, load_task
-from ..data._base import require_labels
+from ..data import DataError, check_before_training, collate_sets, get_task, load_task
+from ..data._base import loader_timeout, require_labels
 from ..data.targets import infer_target
 from .callbacks import AtomicCheckpointIO, MetricsCSV, NonFiniteLossError, SubsetEpoch, read_metrics
 from .config import TrainConfig
@@ -99,8 +99,10 @@ class SetDataModule(pl.LightningDataModule):
         self.info = describe_dataset(base, len(idx))
 
     def _loader(self, ds, shuffle: bool):
+        workers = self.cfg.num_workers  # a worker blocked inside the HDF5 library (damaged chunk) ends with an error
         return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, collate_fn=collate_sets,
-                          num_workers=self.cfg.num_workers, persistent_workers=False, drop_last=False)
+                          num_workers=workers, persistent_workers=False, drop_last=False,
+                          timeout=loader_timeout() if workers > 0 else 0)
 
     def train_dataloader(self):
         return self._loader(self.train_set, True)
@@ -348,6 +350,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = SetDataModule(cfg, dataset)
     dm.setup("fit")
+    check_before_training(dm.train_set, dm.val_set, None if dataset is not None else lambda: dm.load("test"))
     kw = model_kwargs(cfg, dm.info)
     module = SetModule(cfg.model, kw, cfg.task, task.target, cfg.lr, train_config=cfg.to_dict(),
                        data_info=dm.info)

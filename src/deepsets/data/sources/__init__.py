@@ -45,6 +45,7 @@ class SetReader:
     feature_names: list[str] = []
     set_ids: list[str] = []
     labels_source: str | None = None  # the labels file, where labels came from one (for messages)
+    has_test_split: bool = False  # opened as "train" from data that also hold a separate test split
     _labels = _UNREAD = object()
 
     @property
@@ -64,6 +65,12 @@ class SetReader:
     def describe(self, index: int) -> str:
         """How messages name set ``index``."""
         return f"set {self.set_ids[index]!r}"
+
+    def scan_finite(self, indices):
+        """The first NaN/inf among sets ``indices`` (see :mod:`deepsets.data.finite`); by default each set is read."""
+        from ..finite import scan_sets
+
+        return scan_sets(self.read, indices)
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -257,6 +264,7 @@ class SourceDataset(SetDataset):
         super().__init__(**kw)
         self.reader, self.task, self.source = reader, task, reader.source
         self.feature_names = list(reader.feature_names)
+        self.has_test_split = reader.has_test_split
         self.in_dim = len(self.feature_names)
         labels = reader.labels
         self.has_labels = labels is not None
@@ -296,6 +304,9 @@ class SourceDataset(SetDataset):
 
     def _raw_set(self, index):
         return self.reader.read(index)
+
+    def scan_finite(self, indices):
+        return self.reader.scan_finite(indices)
 
     def _target(self, index):
         return self.targets[index]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .._base import DataError, open_h5
+from ..finite import scan_array
 from . import SetReader, Source, labels_from_file
 
 H5_KEYS = ("test_data", "data", "train_data", "test_cloud", "tr_cloud")
@@ -70,6 +71,9 @@ class NpyReader(SetReader):
     def read(self, index):
         return np.asarray(self.arr[index], dtype=np.float32)
 
+    def scan_finite(self, indices):
+        return scan_array(self.arr, indices)
+
 
 class H5Reader(SetReader):
     def __init__(self, path, split=None, key=None, labels=None):
@@ -84,6 +88,7 @@ class H5Reader(SetReader):
             if key not in f:
                 raise DataError(f"{self.path}: no key {key!r}; keys in the file: {sorted(f.keys())}")
             shape = f[key].shape
+            self.has_test_split = key == "train_data" and "test_data" in f
             if len(shape) != 3:
                 raise DataError(f"{self.path}: {key} must be [sets, elements, features], found shape {shape}")
             lab_key = key[: -len("_data")] + "_labels" if key.endswith("_data") else f"{key}_labels"
@@ -120,6 +125,10 @@ class H5Reader(SetReader):
             return np.asarray(self._f[self.key][index], dtype=np.float32)
         except Exception as e:  # noqa: BLE001 - h5py's errors on damaged files
             raise DataError(f"{self.path}: cannot read {self.key}[{index}] (corrupt or truncated?): {e}") from e
+
+    def scan_finite(self, indices):
+        with open_h5(self.path) as f:
+            return scan_array(f[self.key], indices)
 
 
 def _open(path, split=None, key=None, labels=None):

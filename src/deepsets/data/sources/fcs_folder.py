@@ -40,6 +40,7 @@ class FCSFolderReader(SetReader):
                 raise DataError(f"{root}: no .fcs files found")
         self.folder = folder
         all_names = {n for f in files for n in self._names(f)}
+        all_files = files
         lab_path = Path(labels) if labels else folder / "labels.csv"
         has_split = False
         if lab_path.exists():
@@ -53,6 +54,8 @@ class FCSFolderReader(SetReader):
             files = [f for f in files if any(n in table for n in self._names(f)) or
                      not any(n in everything for n in self._names(f))]
         self.files = files
+        self.has_test_split = split == "train" and (has_split or any(self._rel(f).startswith("test/")
+                                                                     for f in all_files))
         self.set_ids = [f.stem for f in files]
         self.labels_source = str(lab_path) if lab_path.exists() else None
         self._label_args = (lab_path, split, all_names)

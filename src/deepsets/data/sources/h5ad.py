@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._base import DataError, open_h5
+from ..finite import SLAB_BYTES, NonFinite
 from . import SetReader, Source, labels_from_file, select_features
 
 
@@ -112,7 +113,7 @@ class H5ADReader(SetReader):
                 if len(self.indptr) != shape[0] + 1:
                     raise DataError(f"{path}: /{self.key}/indptr has {len(self.indptr)} entries, expected "
                                     f"{shape[0] + 1}")
-            self.n_cols = shape[1]
+            self.n_cells, self.n_cols = shape
             var_names = h5ad_var_names(f, path)
             if len(var_names) != shape[1]:
                 raise DataError(f"{path}: /{self.key} has {shape[1]} columns but var has {len(var_names)} names")
@@ -124,6 +125,7 @@ class H5ADReader(SetReader):
             if split_column is None and "split" in obs_cols:
                 split_column = "split"
             keep = np.ones(n_cells, dtype=bool)
+            self.has_test_split = split == "train" and split_column is not None
             if split_column is not None and split is not None:
                 keep = read_h5ad_column(obs, split_column, path).astype(str) == split
             if label_column is None and labels is None and "label" in obs_cols:
@@ -196,6 +198,57 @@ class H5ADReader(SetReader):
             raise
         except Exception as e:  # noqa: BLE001 - h5py's errors on damaged files
             raise DataError(f"{self.path}: cannot read /{self.key} rows of set {self.set_ids[index]!r}: {e}") from e
+
+    def scan_finite(self, indices):
+        """One pass over ``X`` (or the layer) in large blocks: dense rows, or the stored values of a CSR matrix.
+        Only the chosen features of the cells of the wanted sets count."""
+        indices = np.asarray(indices, dtype=np.int64)
+        set_of = np.full(self.n_cells, -1, dtype=np.int64)  # cell -> set (-1: another split or another set)
+        if len(indices):
+            set_of[np.concatenate([self.rows[i] for i in indices])] = \
+                np.repeat(indices, [len(self.rows[i]) for i in indices])
+        feature_of = np.full(self.n_cols, -1, dtype=np.int64)
+        feature_of[self._idx[::-1]] = np.arange(len(self._idx))[::-1]  # first position of a repeated column
+        with open_h5(self.path) as f:
+            M = f[self.key]
+            if self.sparse:
+                data, cols = M["data"], M["indices"]
+                if data.dtype.kind not in "fc":
+                    return None
+                step = max(1, SLAB_BYTES // data.dtype.itemsize)
+                for a in range(0, data.shape[0], step):
+                    block = np.asarray(data[a: a + step])
+                    if np.isfinite(block).all():
+                        continue
+                    pos = np.flatnonzero(~np.isfinite(block))
+                    cells = np.searchsorted(self.indptr, pos + a, side="right") - 1
+                    feats = feature_of[np.asarray(cols[a: a + len(block)])[pos]]
+                    ok = np.flatnonzero((set_of[cells] >= 0) & (feats >= 0))
+                    if len(ok):
+                        j = ok[0]
+                        return self._hit(set_of, int(cells[j]), int(feats[j]), float(block[pos[j]]))
+                return None
+            if M.dtype.kind not in "fc":
+                return None
+            step = max(1, SLAB_BYTES // max(1, self.n_cols * M.dtype.itemsize))
+            if M.chunks:
+                step = max(M.chunks[0], step // M.chunks[0] * M.chunks[0])
+            for a in range(0, self.n_cells, step):
+                wanted = set_of[a: a + step] >= 0
+                if not wanted.any():
+                    continue
+                block = np.asarray(M[a: a + step])[:, self._idx]
+                if np.isfinite(block).all():
+                    continue
+                bad = ~np.isfinite(block) & wanted[:, None]
+                if bad.any():
+                    r, c = np.argwhere(bad)[0]
+                    return self._hit(set_of, a + int(r), int(c), float(block[r, c]))
+        return None
+
+    def _hit(self, set_of, cell: int, feature: int, value: float) -> NonFinite:
+        s = int(set_of[cell])
+        return NonFinite(s, int(np.searchsorted(self.rows[s], cell)), feature, value, row=cell)
 
 
 SOURCE = Source("h5ad", "AnnData .h5ad with --set-column (an obs column)",

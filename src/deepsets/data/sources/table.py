@@ -9,8 +9,9 @@ table's size and sets are served faster than a deep model trains on them (``benc
 
 Checks while indexing (each a one-line :class:`~deepsets.data.DataError` naming the file): a named column that
 does not exist (the message lists the columns there are), a feature column with a non-numeric value (column,
-row and value), NaN or infinite feature values (set and row), a label that differs within one set (the set and
-two of its labels).
+row and value), a label that differs within one set (the set and two of its labels). NaN or infinite feature
+values are noted in the index (the first of each set) and reported by :meth:`TableReader.scan_finite`, so that
+:func:`~deepsets.data.check_finite` names the split the set is in (reading such a set also raises).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .._base import DataError, data_dir
+from ..finite import NonFinite
 from . import SetReader, Source, labels_from_file
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": None, ".parquet": None, ".pq": None}
@@ -155,6 +157,7 @@ class TableReader(SetReader):
         else:
             feats = None  # every other numeric column, decided on the first chunk
         self._index(columns, set_col, label_col, split_col, feats, taken, no_header, split)
+        self.has_test_split = split == "train" and split_col is not None
         if labels is not None:
             if label_col is not None:
                 raise ValueError(f"{path}: give a label column or a labels file, not both")
@@ -192,6 +195,7 @@ class TableReader(SetReader):
         usecols += [c for c in feats if c not in usecols]
         ids: dict = {}
         codes_parts, labels, seen_label = [], {}, {}
+        seen, nonfinite = np.zeros(0, dtype=np.int64), {}
         tmp = data_path.with_name(f".{data_path.name}.{os.getpid()}.tmp")
         n_rows = 0
         with open(tmp, "wb") as out:
@@ -207,11 +211,10 @@ class TableReader(SetReader):
                 local, uniq = pd.factorize(sid, sort=False)
                 glob = np.array([ids.setdefault(u, len(ids)) for u in uniq], dtype=np.int32)
                 codes = glob[local]
-                bad = ~np.isfinite(x)
-                if bad.any():
-                    r, c = np.argwhere(bad)[0]
-                    raise DataError(f"{self.path}: set {uniq[local[r]]!r}, row {int(df.index[r])}: feature "
-                                    f"{feats[c]!r} is {x[r, c]} (expected a finite number); clean or drop the row")
+                seen = np.pad(seen, (0, len(ids) - len(seen)))  # rows of each set in earlier chunks
+                if not np.isfinite(x).all():
+                    _note_nonfinite(x, codes, seen, df.index, nonfinite)
+                seen += np.bincount(codes, minlength=len(ids))
                 if label_col is not None:
                     self._merge_labels(df, set_col, label_col, labels, seen_label)
                 out.write(np.ascontiguousarray(x, dtype=np.float32).tobytes())
@@ -233,6 +236,7 @@ class TableReader(SetReader):
         set_ids = [str(s) for s in ids]
         meta = {"features": [str(f) for f in feats], "set_ids": set_ids, "counts": counts.tolist(),
                 "contiguous": contiguous, "rows": n_rows,
+                "nonfinite": [[k, *v] for k, v in sorted(nonfinite.items(), key=lambda kv: kv[1][3])],
                 "labels": None if label_col is None else [labels[s] for s in ids]}
         os.replace(tmp, data_path)
         tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
@@ -284,6 +288,7 @@ class TableReader(SetReader):
         self._data_path, self._shape = data_path, (int(meta["rows"]), d)
         self._mm = None
         self.labels = meta["labels"]
+        self._nonfinite = meta.get("nonfinite", [])  # indexes written before this list had none
 
     def __getstate__(self):
         s = dict(self.__dict__)
@@ -293,6 +298,12 @@ class TableReader(SetReader):
     def __len__(self):
         return len(self.set_ids)
 
+    def scan_finite(self, indices):
+        """The table was scanned while indexing: the first NaN/inf of each set is in the index."""
+        wanted = set(np.asarray(indices).tolist())
+        hit = next((h for h in self._nonfinite if h[0] in wanted), None)
+        return None if hit is None else NonFinite(*hit)
+
     def read(self, index):
         if self._mm is None:
             self._mm = np.memmap(self._data_path, dtype=np.float32, mode="r", shape=self._shape)
@@ -300,6 +311,22 @@ class TableReader(SetReader):
         if self._order is None:
             return np.array(self._mm[a:b])
         return self._mm[np.asarray(self._order[a:b])]
+
+
+def _note_nonfinite(x, codes, seen, rows, out: dict) -> None:
+    """Add ``{set code: [element, feature, value, file row]}`` for the first NaN/inf of each set in this chunk
+    not in ``out`` yet (``seen``: the rows of each set in earlier chunks, so ``element`` is its position)."""
+    bad = ~np.isfinite(x)
+    bad_rows = np.flatnonzero(bad.any(axis=1))
+    order = np.argsort(codes, kind="stable")
+    rank = np.empty(len(codes), dtype=np.int64)  # position of each row among its set's rows in this chunk
+    rank[order] = np.arange(len(codes)) - np.searchsorted(codes[order], codes[order], side="left")
+    _, first = np.unique(codes[bad_rows], return_index=True)
+    for r in bad_rows[first]:
+        code = int(codes[r])
+        if code not in out:
+            c = int(np.flatnonzero(bad[r])[0])
+            out[code] = [int(seen[code] + rank[r]), c, float(x[r, c]), int(rows[r])]
 
 
 def _open(path, split=None, set_column=None, label_column=None, features=None, no_header=False, labels=None,
@@ -320,6 +347,10 @@ def sets_from_table(table, set_column, label_column=None, features=None):
     pd = _pandas()
     if isinstance(table, (str, os.PathLike)):
         r = TableReader(table, set_column, label_column, features)
+        if r._nonfinite:
+            code, element, feature, value, row = r._nonfinite[0]
+            raise DataError(f"{r.path}: set {r.set_ids[code]!r}, row {row}: feature {r.feature_names[feature]!r} "
+                            f"is {value} (expected a finite number); clean or drop the row")
         return [r.read(i) for i in range(len(r))], r.labels, list(r.set_ids)
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"sets_from_table expects a pandas DataFrame or a path, got {type(table).__name__}")

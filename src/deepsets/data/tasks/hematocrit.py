@@ -18,8 +18,10 @@ def load_flow_rbc(task, split, data, base, opts, classes=None):
     if data is None:
         sim = {k: opts.pop(k) for k in ("n_train", "n_test", "cells", "data_seed") if k in opts}
         path = default_simulation(**sim)
-        return call_with_options(FlowRBCDataset, {"path": path, "split": split, "task": task.name, **opts, **base},
-                                 task.name)
+        ds = call_with_options(FlowRBCDataset, {"path": path, "split": split, "task": task.name, **opts, **base},
+                               task.name)
+        ds.generated = True  # the simulator's file: nothing to scan for NaN
+        return ds
     p = check_exists(data)
     if p.is_dir() or p.suffix.lower() in (".fcs", ".h5ad"):
         return load_sources(task, split, p, base, opts, classes=classes, expect_dim=task.in_dim)
