@@ -24,6 +24,29 @@ def add_source_flags(p, labels: bool = True) -> None:
                    help="the table has no header row: name columns by 0-based index")
 
 
+def add_executor_flags(p) -> None:
+    """How a grid of runs is executed (``reproduce``, ``cv``): here, or one submitit job per run."""
+    g = p.add_argument_group("jobs (submitit: the 'cluster' extra)")
+    g.add_argument("--executor", choices=["local", "slurm"], help="one job per run through submitit: local "
+                   "processes, or SLURM jobs (default: every run in this process, one after another)")
+    g.add_argument("--parallel", type=int, default=2, help="jobs running at once (default 2)")
+    g.add_argument("--slurm-partition", metavar="NAME", help="SLURM: sbatch --partition")
+    g.add_argument("--gpus-per-job", type=int, default=0, help="SLURM: sbatch --gpus-per-node (default 0)")
+    g.add_argument("--cpus-per-job", type=int, default=4, help="SLURM: sbatch --cpus-per-task (default 4)")
+    g.add_argument("--time-limit", type=int, default=240, metavar="MIN",
+                   help="minutes per job (SLURM: sbatch --time; default 240)")
+
+
+def executor_options(args) -> dict:
+    from .executors import SlurmOptions
+
+    if args.parallel < 1:
+        raise ValueError(f"--parallel must be at least 1, got {args.parallel}")
+    slurm = SlurmOptions(partition=args.slurm_partition, gpus_per_job=args.gpus_per_job,
+                         cpus_per_job=args.cpus_per_job, time_min=args.time_limit)
+    return {"executor": args.executor, "parallel": args.parallel, "slurm": slurm}
+
+
 SOURCE_FLAGS = ("set_column", "label_column", "labels", "split_column", "features", "channels", "channel_map",
                 "layer", "no_header")
 
@@ -52,6 +75,7 @@ def add_train_commands(sub) -> None:
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     p.add_argument("--overwrite", action="store_true", help="replace a cross-validation with other settings in --out")
     _add_training_flags(p)
+    add_executor_flags(p)
     p.set_defaults(func=_cmd_cv)
 
     p = sub.add_parser("eval", help="test metrics of a checkpoint (table + JSON)",
@@ -202,7 +226,7 @@ def _cmd_cv(args) -> int:
     from .cv import cross_validate
 
     cfg = config_from_args(args)
-    result = cross_validate(cfg, folds=args.folds, overwrite=args.overwrite)
+    result = cross_validate(cfg, folds=args.folds, overwrite=args.overwrite, **executor_options(args))
     print(f"{result['metric']} {result['mean']:.4g} +- {result['se']:.2g} (mean +- s.e. over {args.folds} folds); "
           f"wrote {result['path']}")
     return 0
@@ -252,7 +276,10 @@ def add_experiment_commands(sub) -> None:
                                                                              "(default smoke)")
     p.add_argument("--tasks", nargs="+", help="only these tasks' columns (default: all of the table's)")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds per cell (default: the budget's)")
+    p.add_argument("--cells", nargs="+", metavar="GLOB", help="only the cells whose config name matches (e.g. "
+                                                             "'ds-clean-*'; names: configs/paper/TABLE/*.yaml)")
     p.add_argument("--out", help="output folder (default runs/reproduce-TABLE-BUDGET)")
+    add_executor_flags(p)
     p.set_defaults(func=_cmd_reproduce)
 
 
@@ -277,7 +304,8 @@ def _cmd_reproduce(args) -> int:
     from .reproduce import reproduce
 
     command = "deepsets " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
-    path = reproduce(args.table, args.budget, args.tasks, args.seeds, args.out, command=command)
+    path = reproduce(args.table, args.budget, args.tasks, args.seeds, args.out, command=command, cells=args.cells,
+                     **executor_options(args))
     print(path.read_text())
     print(f"wrote {path}")
     return 0

@@ -53,15 +53,43 @@ def _plan(cfg: TrainConfig, folds: int, n_sets: int) -> dict:
     return json.loads(json.dumps({"folds": folds, "sets": n_sets, "config": c}, default=str))
 
 
+def run_fold(cfg: TrainConfig, k: int, train_idx: list[int], test_idx: list[int], fold_dir: str, full=None) -> dict:
+    """Train fold ``k`` in ``fold_dir`` and test its best checkpoint on the held-out sets (cached in
+    ``result.json``); ``full`` is the task's training split (loaded here when not given, e.g. in a job)."""
+    from ..data import load_task
+    from .io import atomic_write_text
+    from .run import evaluate_dataset, load_checkpoint, train
+
+    fold_dir = Path(fold_dir)
+    done = fold_dir / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if full is None:
+        full = load_task(cfg.task, "train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
+                         fixed_subset=cfg.fixed_subset, **cfg.task_options)
+    fcfg = copy.deepcopy(cfg)
+    fcfg.out = str(fold_dir)
+    train(fcfg, overwrite=True, dataset=Subset(full, train_idx), echo=lambda *a: None)
+    module = load_checkpoint(fold_dir / "checkpoints" / "best.ckpt")
+    r = evaluate_dataset(module, Subset(copy.copy(full), test_idx), cfg.eval_subsets, cfg.batch_size)
+    r.update({"fold": k, "train_sets": len(train_idx), "test_sets": len(test_idx)})
+    atomic_write_text(done, json.dumps(r, indent=1))
+    return r
+
+
 def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = None, overwrite: bool = False,
-                   echo=print) -> dict:
+                   echo=print, executor: str | None = None, parallel: int = 2, slurm=None) -> dict:
     """Run K-fold cross-validation; returns the ``cv.json`` contents plus ``path``.
+
+    ``executor`` (``"local"`` / ``"slurm"``): one submitit job per fold, ``parallel`` at a time (see
+    :mod:`deepsets.train.executors`); default: the folds run here, one after another.
 
     ``OUT/cv-plan.json`` records the folds and the config: rerunning the same command continues an interrupted
     cross-validation; another config or fold count in the same folder is refused unless ``overwrite``.
     """
+    from .executors import run_jobs
     from .io import atomic_write_text
-    from .run import evaluate_dataset, load_checkpoint, resolve_task, train
+    from .run import resolve_task
 
     cfg = copy.deepcopy(cfg)
     task = resolve_task(cfg, echo=echo)
@@ -90,26 +118,21 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = No
             shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
         atomic_write_text(plan_path, json.dumps(plan, indent=1))
     metric = task.metric
-    values, rows = [], []
+    jobs = [(cfg, k, tr.tolist(), te.tolist(), str(out / f"fold-{k}")) for k, (tr, te) in enumerate(splits)]
+    rows: dict[int, dict] = {}
     t0 = time.time()
-    for k, (train_idx, test_idx) in enumerate(splits):
-        fold_dir = out / f"fold-{k}"
-        done = fold_dir / "result.json"
-        if done.is_file():
-            r = json.loads(done.read_text())
-        else:
-            fcfg = copy.deepcopy(cfg)
-            fcfg.out = str(fold_dir)
-            train(fcfg, overwrite=True, dataset=Subset(full, train_idx.tolist()), echo=lambda *a: None)
-            module = load_checkpoint(fold_dir / "checkpoints" / "best.ckpt")
-            test = Subset(copy.copy(full), test_idx.tolist())
-            r = evaluate_dataset(module, test, cfg.eval_subsets, cfg.batch_size)
-            r.update({"fold": k, "train_sets": len(train_idx), "test_sets": len(test_idx)})
-            atomic_write_text(done, json.dumps(r, indent=1))
-        rows.append(r)
-        values.append(r[metric])
-        echo(f"fold {k + 1}/{len(splits)}: {metric} {r[metric]:.4g} ({len(test_idx)} test sets) "
+    here = executor is None  # in this process the loaded data are reused; a job loads them itself
+    def cached(*job):
+        done = Path(job[4]) / "result.json"
+        return json.loads(done.read_text()) if done.is_file() else None
+
+    for k, r in run_jobs(run_fold, jobs if not here else [(*j, full) for j in jobs], executor, out / "jobs",
+                         parallel, slurm, cached=cached):
+        rows[k] = r
+        echo(f"fold {k + 1}/{len(splits)}: {metric} {r[metric]:.4g} ({r['test_sets']} test sets) "
              f"[{(time.time() - t0) / 60:.1f} min]")
+    rows = [rows[k] for k in sorted(rows)]
+    values = [r[metric] for r in rows]
     mean, se = mean_se(values)
     result = {"metric": metric, "folds": values, "mean": mean, "se": se, "k": len(splits),
               "stratified": stratify, "task": cfg.task, "model": cfg.model, "seed": cfg.seed,

@@ -46,7 +46,8 @@ def config_root() -> Path:
     return p
 
 
-def cell_files(table: str, tasks: list[str] | None = None) -> list[Path]:
+def cell_files(table: str, tasks: list[str] | None = None, cells: list[str] | None = None) -> list[Path]:
+    """The table's cell configs (of ``tasks`` only, and of cells whose name matches a glob of ``cells``)."""
     folder = config_root() / table
     if not folder.is_dir():
         valid = sorted(p.name for p in config_root().iterdir() if p.is_dir())
@@ -58,6 +59,10 @@ def cell_files(table: str, tasks: list[str] | None = None) -> list[Path]:
         for t in tasks:
             get_task(t)  # clear error for an unknown task
         cfgs = {f: c for f, c in cfgs.items() if c.task in tasks}
+    if cells:
+        from fnmatch import fnmatch
+
+        cfgs = {f: c for f, c in cfgs.items() if any(fnmatch(f.stem, g) for g in cells)}
     return sorted(cfgs, key=lambda f: paper_order(cfgs[f]))
 
 
@@ -86,6 +91,12 @@ def budget_config(path: Path, budget: str, seed: int, out: Path) -> TrainConfig:
     cfg.seed, cfg.progress = seed, False
     cfg.out = str(out / "runs" / f"{path.stem}-s{seed}")
     return cfg
+
+
+def cell_result(cfg: TrainConfig) -> dict | None:
+    """The cached result of a (cell, seed) run (its ``results.json``), or None if it has not finished."""
+    done = Path(cfg.out) / "results.json"
+    return json.loads(done.read_text()) if done.is_file() else None
 
 
 def run_cell(cfg: TrainConfig) -> dict:
@@ -160,29 +171,40 @@ def results_markdown(table: str, budget: str, results: list[dict], command: str)
 
 
 def reproduce(table: str, budget: str = "smoke", tasks: list[str] | None = None, seeds: list[int] | None = None,
-              out: str | Path | None = None, command: str = "", echo=print) -> Path:
+              out: str | Path | None = None, command: str = "", echo=print, executor: str | None = None,
+              parallel: int = 2, slurm=None, cells: list[str] | None = None) -> Path:
+    """Run every (cell, seed) of ``table`` and write ``OUT/results.md`` beside the paper's numbers.
+
+    ``executor``: ``None`` runs the cells here, one after another; ``"local"`` / ``"slurm"`` runs one submitit
+    job per (cell, seed), ``parallel`` at a time (see :mod:`deepsets.train.executors`; ``slurm``: a
+    :class:`~deepsets.train.executors.SlurmOptions`). Either way finished cells are skipped when the command runs
+    again, and the table is rewritten after every finished run.
+    """
+    from .executors import run_jobs
+    from .io import atomic_write_text
+
     out = Path(out or Path("runs") / f"reproduce-{table}-{budget}")
     out.mkdir(parents=True, exist_ok=True)
     seeds = seeds if seeds else DEFAULT_SEEDS[budget]
-    files = cell_files(table, tasks)
+    files = cell_files(table, tasks, cells)
     if not files:
-        raise ValueError(f"no cells of {table} for tasks {tasks}")
-    from .io import atomic_write_text
-
+        raise ValueError(f"no cells of {table} for tasks {tasks} and cells {cells}")
     jobs = [(f, s) for s in seeds for f in files]  # seed-major: an interrupted run still covers every cell
-    results = []
+    configs = [budget_config(f, budget, s, out) for f, s in jobs]
+    done: dict[int, dict] = {}
     t0 = time.time()
     command = command or f"deepsets reproduce {table} --budget {budget}"
-    for i, (f, s) in enumerate(jobs, 1):
-        cfg = budget_config(f, budget, s, out)
-        r = run_cell(cfg)
-        results.append(r)
-        echo(f"[{i}/{len(jobs)}] {f.stem} seed {s}: {reported_value(r):.4f} "
+    for i, r in run_jobs(run_cell, [(c,) for c in configs], executor, out / "jobs", parallel, slurm,
+                         cached=cell_result):
+        done[i] = r
+        (f, s), cfg = jobs[i], configs[i]
+        echo(f"[{len(done)}/{len(jobs)}] {f.stem} seed {s}: {reported_value(r):.4f} "
              f"(paper {cfg.paper.get('value')}) [{(time.time() - t0) / 60:.1f} min]")
         # the table so far, after every run: an interrupted reproduction still leaves its results
+        results = [done[k] for k in sorted(done)]
         md = results_markdown(table, budget, results, command)
-        if i < len(jobs):
-            md += f"\n(Partial: {i} of {len(jobs)} runs finished; rerun the command to continue.)\n"
+        if len(done) < len(jobs):
+            md += f"\n(Partial: {len(done)} of {len(jobs)} runs finished; rerun the command to continue.)\n"
         atomic_write_text(out / "results.md", md)
         atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     return out / "results.md"
