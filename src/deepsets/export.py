@@ -161,9 +161,11 @@ def _tidy_onnx(path: Path) -> None:
     onnx.save(proto, str(path))
 
 
-def load_exported(path: str | Path, format: str | None = None) -> Callable[[Tensor, Tensor], Tensor]:
-    """A function ``f(x, mask) -> y`` running the exported file itself: onnxruntime for ONNX, the loaded
-    ``torch.export`` program for pt2. ``x``/``mask`` may be tensors or NumPy arrays; ``y`` is a tensor."""
+def load_exported(path: str | Path, format: str | None = None,
+                  threads: int | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """A function ``f(x, mask) -> y`` running the exported file itself: onnxruntime for ONNX (``threads``: its
+    intra-op threads, default onnxruntime's), the loaded ``torch.export`` program for pt2 (PyTorch's threads).
+    ``x``/``mask`` may be tensors or NumPy arrays; ``y`` is a tensor."""
     path = Path(path)
     format = resolve_format(path, format)
     if not path.is_file():
@@ -174,6 +176,8 @@ def load_exported(path: str | Path, format: str | None = None) -> Callable[[Tens
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
+        if threads:
+            options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
         def run_onnx(x, mask) -> Tensor:
