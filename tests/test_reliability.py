@@ -483,5 +483,8 @@ def test_errors_doc_lists_the_messages():
                    "no set column given", "not a readable checkpoint", "not a deepsets training checkpoint",
                    "weights do not match", "data path does not exist", "already holds files", "cannot be created",
                    "no checkpoint to resume", "training loss is nan at epoch", "--debug",
-                   "differs from the run's saved", "nothing to train: the run in", "not finite on another process"]:
+                   "differs from the run's saved", "nothing to train: the run in", "not finite on another process",
+                   "ONNX export needs", "pip install deepsets[export]", "unknown export format",
+                   "cannot tell the export format", "the exported model differs from the PyTorch model",
+                   "set sizes must be at least 1", "exported file does not exist"]:
         assert phrase in text, phrase
