@@ -80,4 +80,5 @@ print(json.dumps({"summary": True, **common, "export_s": round(export_s, 1),
                   "onnxruntime_vs_reference": round(median["pytorch-reference"] / median["onnxruntime"], 3),
                   "max_abs_diff_onnx": float((outputs["onnxruntime"] - base).abs().max()),
                   "max_abs_diff_reference": float((outputs["pytorch-reference"] - base).abs().max()),
+                  "max_abs_output": float(base.abs().max()),
                   "onnxruntime": ort.__version__, "torch": torch.__version__}))
