@@ -13,6 +13,7 @@ import torch
 from deepsets import create_model, list_models
 from deepsets.cli import main
 from deepsets.export import ExportCheckError, check_export, export_model, load_exported, padded_batch
+from deepsets.nn import NORMS, POOLS
 
 from test_train import CLI, env, tiny
 
@@ -84,6 +85,17 @@ def test_exported_model_matches_and_keeps_the_set_properties(name, output, fmt, 
 
     # and the checker agrees
     assert check_export(path, model, sizes=(1, 7))["max_abs_diff"] < 1e-4
+
+
+NORMS_POOLS = [(norm, pool) for norm, pool in zip(NORMS, [*POOLS] * len(NORMS))]
+
+
+@pytest.mark.parametrize("norm,pool", NORMS_POOLS, ids=[f"{n}-{p}" for n, p in NORMS_POOLS])
+def test_every_norm_and_pool_exports(norm, pool, tmp_path):
+    """Every registered norm (and each pooling) through torch.export (the cheaper format; both share the trace)."""
+    model = small("deepsets++", norm=norm, pool=pool)
+    path = export_model(model, tmp_path / "m.pt2")
+    assert check_export(path, model, sizes=(1, 7, 300))["max_abs_diff"] < 1e-4
 
 
 def test_check_export_fails_on_a_model_that_differs(tmp_path):
