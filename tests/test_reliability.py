@@ -486,5 +486,8 @@ def test_errors_doc_lists_the_messages():
                    "differs from the run's saved", "nothing to train: the run in", "not finite on another process",
                    "of the train split holds a NaN or infinite feature value", "of the validation split",
                    "of the test split", "every row is NaN padding", "reading the file did not finish within",
-                   "crashed the HDF5 library", "DEEPSETS_FILE_CHECK_TIMEOUT", "DataLoader timed out"]:
+                   "crashed the HDF5 library", "DEEPSETS_FILE_CHECK_TIMEOUT", "DataLoader timed out",
+                   "ONNX export needs", "pip install deepsets[export]", "unknown export format",
+                   "cannot tell the export format", "the exported model differs from the PyTorch model",
+                   "set sizes must be at least 1", "exported file does not exist"]:
         assert phrase in text, phrase

@@ -113,6 +113,7 @@ _EXTENSIONS = [
     ("diagnostics.cli", "add_commands"),
     ("demo", "add_demo_command"),
     ("bench", "add_bench_command"),
+    ("export", "add_export_command"),
 ]
 
 

@@ -51,11 +51,23 @@ def check_sets(x: Tensor, mask: Tensor | None = None) -> Tensor | None:
     return check_mask(x, mask)
 
 
+def is_tracing() -> bool:
+    """True while the model is being exported or traced (``torch.export``, ONNX export, ``torch.jit.trace``).
+
+    Checks that read the values of the inputs (not only their shapes) are skipped then: a graph cannot branch on
+    data, and the exported file is checked against the eager model instead.
+    """
+    return torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def check_nonempty(mask: Tensor | None, n: int) -> None:
-    """Raise a clear error if any set has no elements (one host sync; models call it once per forward)."""
+    """Raise a clear error if any set has no elements (one host sync; models call it once per forward).
+
+    The per-set check reads the mask's values, so it is skipped while exporting (:func:`is_tracing`).
+    """
     if n == 0:
         raise ValueError("every set is empty (N = 0 elements); deep set models need at least one element per set")
-    if mask is None:
+    if mask is None or is_tracing():
         return
     empty = ~mask.any(dim=1)
     if bool(empty.any()):
