@@ -94,3 +94,17 @@ def test_damaged_or_foreign_folders_give_clear_errors(tmp_path):
         deepsets.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="no such folder"):
         deepsets.from_pretrained(tmp_path / "nowhere" / "at" / "all")
+
+
+def test_export_command_writes_the_hub_folder(tmp_path, capsys):
+    from deepsets.cli import main
+    from deepsets.train import TrainConfig, train
+
+    train(TrainConfig(task="normal-var", depth=2, dim=16, epochs=1, batch_size=8, set_size=16, progress=False,
+                      task_options={"n_train": 24, "n_test": 8}, out=str(tmp_path / "run")))
+    folder = tmp_path / "shared"
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best.ckpt"), "--format", "hub",
+                 "--output", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "model.safetensors" in out and "max abs difference 0" in out
+    assert deepsets.from_pretrained(folder).config.depth == 2

@@ -234,9 +234,39 @@ def check_export(path: str | Path, model: nn.Module, format: str | None = None,
             "per_size": [{"set_size": n, "max_abs_diff": d, "tolerance": t} for n, d, t in report]}
 
 
+def _export_hub(args) -> int:
+    """``--format hub``: the checkpoint's model as a save_pretrained folder, loaded back and compared."""
+    import torch
+
+    from .hub import checkpoint_to_pretrained, from_pretrained
+    from .train.run import load_checkpoint
+
+    model = load_checkpoint(args.checkpoint).model
+    folder = checkpoint_to_pretrained(args.checkpoint, args.output)
+    print(f"wrote {folder / 'model.safetensors'} and {folder / 'config.json'} (load with "
+          f"deepsets.from_pretrained({str(folder)!r}); push with deepsets.hub.push_to_hub)")
+    if args.no_check:
+        return 0
+    loaded = from_pretrained(folder)
+    worst = 0.0
+    with torch.no_grad():
+        for n in args.check_sizes:
+            x, mask = padded_batch([n, max(1, n // 2)], model.config.in_dim)
+            y = model(x, mask)
+            worst = max(worst, float((loaded(x, mask) - y).abs().max()))
+            if worst > 1e-6 * (1 + float(y.abs().max())):  # the same weights on the same layers
+                raise ExportCheckError(f"{folder}: the saved model differs from the checkpoint's (max |difference| "
+                                       f"{worst:.3g} on sets of {n} elements)")
+    print(f"checked: the folder loads and predicts as the checkpoint on padded sets of "
+          f"{', '.join(map(str, args.check_sizes))} elements: max abs difference {worst:.3g}")
+    return 0
+
+
 def _cmd_export(args) -> int:
     from .train.run import load_checkpoint
 
+    if args.format == "hub":
+        return _export_hub(args)
     format = resolve_format(args.output, args.format)
     bad = [n for n in args.check_sizes if n < 1]
     if bad:
@@ -270,9 +300,10 @@ def add_export_command(sub) -> None:
                                    "and N, and output y; then compare the file with the PyTorch model. ONNX needs "
                                    f"the export extra: {EXTRA}")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by deepsets train (.ckpt)")
-    p.add_argument("--format", choices=FORMATS, default=None,
-                   help="onnx or pt2 (default: from the --output file name)")
-    p.add_argument("--output", required=True, help="the file to write (.onnx or .pt2)")
+    p.add_argument("--format", choices=[*FORMATS, "hub"], default=None,
+                   help="onnx or pt2 (default: from the --output file name), or hub: a folder of model.safetensors "
+                        "+ config.json (deepsets.from_pretrained; the Hugging Face Hub layout)")
+    p.add_argument("--output", required=True, help="the file to write (.onnx or .pt2; a folder for hub)")
     p.add_argument("--check-sizes", type=int, nargs="+", default=list(CHECK_SIZES), metavar="N",
                    help="set sizes to compare the exported file on (default: %(default)s)")
     p.add_argument("--no-check", action="store_true", help="write the file without comparing it to the model")
