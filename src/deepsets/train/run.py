@@ -1,6 +1,7 @@
 """Train, evaluate and predict: the functions behind ``deepsets train|eval|predict``."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -17,6 +18,7 @@ from ..data._base import require_labels
 from ..data.targets import infer_target
 from .callbacks import AtomicCheckpointIO, MetricsCSV, NonFiniteLossError, SubsetEpoch, read_metrics
 from .config import TrainConfig
+from .guard import LOCK_FILES, RunGuard, RunLock
 from .module import SetModule
 
 RUN_FILES = ("config.yaml", "metrics.csv", "learning_curve.png", "checkpoints", "results.json")
@@ -166,7 +168,7 @@ def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = Fal
         return out
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name not in LOCK_FILES for p in out.iterdir()):
         if not overwrite:
             raise ValueError(
                 f"output folder {out} already holds files; pass --resume to continue that run, "
@@ -210,7 +212,8 @@ def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, ext
 
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",
                            save_last=True, save_top_k=1, every_n_epochs=cfg.eval_every,
-                           save_on_train_epoch_end=True, enable_version_counter=False)
+                           save_on_train_epoch_end=True, enable_version_counter=False,
+                           save_on_exception=False)  # last.ckpt stays the end of the last complete epoch
     epochs = cfg.epochs if cfg.epochs is not None else get_task(cfg.task).epochs
     return pl.Trainer(
         max_epochs=epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
@@ -248,6 +251,11 @@ def init_output_scale(model, targets: np.ndarray) -> None:
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, dataset=None, echo=print) -> dict:
+    with contextlib.ExitStack() as run:  # the run folder's lock and guard (deepsets.train.guard), entered in _train
+        return _train(cfg, resume, overwrite, dataset, echo, run)
+
+
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, run: contextlib.ExitStack) -> dict:
     """Train one model; returns a summary (and writes ``config.yaml``, ``metrics.csv``, checkpoints, PNG).
 
     ``dataset`` (a dataset or ``Subset`` of one) replaces the task's training split: cross-validation folds
@@ -255,6 +263,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
 
     Like the ``deepsets`` command, this tunes the process's allocator (:func:`deepsets.runtime.tune_allocator`)
     unless ``DEEPSETS_TUNE_MALLOC=0``.
+
+    While it runs, ``OUT/.lock`` keeps other runs out of ``OUT``; SIGTERM or Ctrl-C raise
+    :class:`~deepsets.train.guard.RunInterrupted` and a failed write :class:`~deepsets.train.guard.StorageError`,
+    both saying which checkpoint is kept and how to continue (see :mod:`deepsets.train.guard`).
     """
     from ..runtime import tune_allocator
 
@@ -269,8 +281,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
         cfg.out = default_out(cfg)
     if launched_worker():  # a DDP process started by Lightning: rank 0 has prepared the folder
         out = Path(cfg.out)
-    else:
+    else:  # the lock first: a run refused for a busy folder (even with --overwrite) touches nothing
+        run.enter_context(RunLock(cfg.out, create=not resume))
         out = prepare_out_dir(cfg.out, resume, overwrite)
+    guard = run.enter_context(RunGuard(out))
     if resume:  # the saved config is the run's; command-line values only extend the budget
         saved = TrainConfig.load(out / "config.yaml")
         for k in ("epochs", "max_steps", "progress", "accelerator", "devices", "strategy", "num_nodes", "num_workers"):
@@ -294,7 +308,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
         cfg.save(out / "config.yaml")
     title = f"{cfg.model} depth {module.model.config.depth} on {cfg.task}"
     quiet_lightning(verbose=cfg.progress)  # before the Trainer prints its banners
-    trainer = build_trainer(cfg, out, task.metric, title)
+    trainer = build_trainer(cfg, out, task.metric, title, extra_callbacks=[guard.recorder])
     ckpt_path = str(out / "checkpoints" / "last.ckpt") if resume else None
     if cfg.max_steps > 0:  # a step budget may end before the first validation; the final one is done below
         warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
@@ -330,6 +344,9 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
                "epochs_done": trainer.current_epoch, "steps": trainer.global_step,
                "final": rows[-1] if rows else None, "best_val_loss": min((r["val_loss"] for r in rows), default=None)}
     return summary
+
+
+train.__doc__ = _train.__doc__
 
 
 # ---------------------------------------------------------------------------------------------------- eval
