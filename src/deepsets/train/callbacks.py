@@ -58,6 +58,17 @@ class StopRecorder(pl.Callback):
     def on_exception(self, trainer, pl_module, exception):
         self.exception, self.epoch, self.step = exception, trainer.current_epoch, trainer.global_step
 
+    # Under DDP, Lightning's SIGTERM handler broadcasts from inside the signal handler, which deadlocks when the
+    # signal lands while the ranks are in another collective (a metric's all_gather, say). There SIGTERM takes
+    # Lightning's Ctrl-C path instead: it stops rank zero and kills the processes it launched (which write nothing).
+    def on_train_start(self, trainer, pl_module):  # after Lightning has installed its handlers
+        if trainer.world_size > 1:
+            from .guard import take_over_sigterm
+
+            take_over_sigterm()
+
+    on_validation_start = on_train_start
+
 
 class SubsetEpoch(pl.Callback):
     """Tells the training data the epoch number, so sets larger than ``set_size`` get a fresh random subset."""

@@ -96,6 +96,15 @@ def terminate_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
 
 
+def take_over_sigterm() -> None:
+    """From now until Lightning restores the handlers it replaced, SIGTERM raises :class:`RunInterrupted` at once
+    (Lightning handles that as it handles Ctrl-C) instead of setting Lightning's flag. Main thread only."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+
+
 def signal_of(exc: BaseException) -> str | None:
     """``"SIGTERM"``/``"SIGINT"`` when ``exc`` is how Lightning (or Python) reports that signal, else None."""
     if isinstance(exc, RunInterrupted):
