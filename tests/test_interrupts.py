@@ -118,6 +118,7 @@ def test_second_run_into_a_busy_folder_is_refused_and_touches_nothing(tmp_path):
     args = ["--epochs", "500", "--out", str(out)]  # still running when killed below
     first = start(args)
     wait_for_rows(out, 1, first)
+    first.send_signal(signal.SIGSTOP)  # paused, it keeps its lock (and leaves the cores to the runs below)
     before = {p.relative_to(out) for p in out.rglob("*") if not p.name.endswith(".tmp")}
     for extra in ([], ["--overwrite"], ["--resume"]):
         code, _, err = run(args + extra)

@@ -482,5 +482,9 @@ def test_errors_doc_lists_the_messages():
                    "no labels found", "damaged HDF5 file", "missing key(s)", "sets but", "--channel-map",
                    "no set column given", "not a readable checkpoint", "not a deepsets training checkpoint",
                    "weights do not match", "data path does not exist", "already holds files", "cannot be created",
-                   "no checkpoint to resume", "training loss is nan at epoch", "--debug"]:
+                   "no checkpoint to resume", "training loss is nan at epoch", "--debug",
+                   "is in use by another run", "wait for it to finish or choose another --out",
+                   "could not write checkpoint", "could not write metrics file", "No space left on device",
+                   "no space / file size limit", "not writable", "the previous checkpoint", "stopped by SIGTERM",
+                   "stopped by SIGINT", "continue with: deepsets train --out OUT --resume", "143", "130"]:
         assert phrase in text, phrase

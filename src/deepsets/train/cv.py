@@ -20,6 +20,7 @@ import numpy as np
 from torch.utils.data import Subset
 
 from .config import TrainConfig
+from .guard import RunLock
 
 
 def fold_splits(targets: np.ndarray, folds: int, stratify: bool, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -60,14 +61,21 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = No
     ``OUT/cv-plan.json`` records the folds and the config: rerunning the same command continues an interrupted
     cross-validation; another config or fold count in the same folder is refused unless ``overwrite``.
     """
-    from .io import atomic_write_text
-    from .run import evaluate_dataset, load_checkpoint, resolve_task, train
+    from .run import resolve_task
 
     cfg = copy.deepcopy(cfg)
     task = resolve_task(cfg, echo=echo)
     out = Path(out or cfg.out or Path("runs") / f"cv-{task.name.rpartition(':')[2]}-{cfg.model}-s{cfg.seed}")
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):  # another cross-validation into OUT (--overwrite included) is refused while this one runs
+        return _cross_validate(cfg, task, folds, out, overwrite, echo)
+
+
+def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bool, echo) -> dict:
     from ..data import load_task
+    from .guard import RunInterrupted
+    from .io import atomic_write_text
+    from .run import evaluate_dataset, load_checkpoint, train
 
     full = load_task(cfg.task, "train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
                      fixed_subset=cfg.fixed_subset, **cfg.task_options)
@@ -100,7 +108,12 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = No
         else:
             fcfg = copy.deepcopy(cfg)
             fcfg.out = str(fold_dir)
-            train(fcfg, overwrite=True, dataset=Subset(full, train_idx.tolist()), echo=lambda *a: None)
+            try:
+                train(fcfg, overwrite=True, dataset=Subset(full, train_idx.tolist()), echo=lambda *a: None)
+            except RunInterrupted as e:  # a fold is trained again from its start: the cv command continues
+                raise RunInterrupted(e.signal, f"stopped by {e.signal} in fold {k + 1}/{len(splits)}; the folds done "
+                                               f"so far are kept ({out}/fold-K/result.json); run the same deepsets "
+                                               f"cv command again to continue") from None
             module = load_checkpoint(fold_dir / "checkpoints" / "best.ckpt")
             test = Subset(copy.copy(full), test_idx.tolist())
             r = evaluate_dataset(module, test, cfg.eval_subsets, cfg.batch_size)
