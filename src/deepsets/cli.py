@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from .train.guard import terminate_on_sigterm
 
     tune_allocator()  # reuse freed activation buffers instead of page-faulting fresh ones (see deepsets.runtime)
-    terminate_on_sigterm()  # SIGTERM (a scheduler's preemption) unwinds like Ctrl-C: exit code 143, files intact
+    restore = terminate_on_sigterm()  # SIGTERM (a scheduler's preemption) unwinds like Ctrl-C: exit code 143
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as err:  # Ctrl-C, or deepsets.train.guard.RunInterrupted (SIGINT/SIGTERM)
@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deepsets {command}: error: {msg}", file=sys.stderr)
         print("(run with --debug for the full traceback)", file=sys.stderr)
         return 1
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

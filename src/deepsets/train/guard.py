@@ -87,13 +87,16 @@ def _raise_on_sigterm(signum, frame):
         raise RunInterrupted("SIGTERM")
 
 
-def terminate_on_sigterm() -> None:
+def terminate_on_sigterm():
     """Make SIGTERM raise :class:`RunInterrupted` (like Ctrl-C raises ``KeyboardInterrupt``) instead of killing
-    the process on the spot, so that temporary files are removed and locks released. Main thread only."""
+    the process on the spot, so that temporary files are removed and locks released. Main thread only, and only
+    where SIGTERM has its default action. Returns a function that puts the previous handler back."""
     import threading
 
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return lambda: None
 
 
 def take_over_sigterm() -> None:
