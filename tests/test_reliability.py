@@ -489,5 +489,9 @@ def test_errors_doc_lists_the_messages():
                    "crashed the HDF5 library", "DEEPSETS_FILE_CHECK_TIMEOUT", "DataLoader timed out",
                    "ONNX export needs", "pip install deepsets[export]", "unknown export format",
                    "cannot tell the export format", "the exported model differs from the PyTorch model",
-                   "set sizes must be at least 1", "exported file does not exist"]:
+                   "set sizes must be at least 1", "exported file does not exist",
+                   "is in use by another run", "wait for it to finish or choose another --out",
+                   "could not write checkpoint", "could not write metrics file", "No space left on device",
+                   "no space / file size limit", "not writable", "the previous checkpoint", "stopped by SIGTERM",
+                   "stopped by SIGINT", "continue with: deepsets train --out OUT --resume", "143", "130"]:
         assert phrase in text, phrase

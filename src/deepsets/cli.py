@@ -125,7 +125,9 @@ def _error_message(err: BaseException) -> str:
     if len(text) > 1000:
         text = text[:1000] + " ..."
     # Our own errors already say what went wrong; name the type of anything else (torch, h5py, ...)
-    known = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+    from .train.guard import RunError
+
+    known = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, RunError)
     if not isinstance(err, known) or not text:
         text = f"{type(err).__name__}: {text}" if text else type(err).__name__
     return text
@@ -159,13 +161,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = " ".join(c for c in (getattr(args, "command", None), getattr(args, "data_command", None)) if c)
     from .runtime import tune_allocator
+    from .train.guard import terminate_on_sigterm
 
     tune_allocator()  # reuse freed activation buffers instead of page-faulting fresh ones (see deepsets.runtime)
+    restore = terminate_on_sigterm()  # SIGTERM (a scheduler's preemption) unwinds like Ctrl-C: exit code 143
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or deepsets.train.guard.RunInterrupted (SIGINT/SIGTERM)
+        import os
+
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+            print(f"deepsets {command}: {err}" if str(err) else "interrupted", file=sys.stderr)
+        return getattr(err, "exit_code", 130)  # the DDP processes Lightning launched stay quiet: rank zero says it
     except (SystemExit, GeneratorExit):
         raise
     except Exception as err:  # noqa: BLE001 - every failure gets a short message; --debug shows the traceback
@@ -178,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deepsets {command}: error: {msg}", file=sys.stderr)
         print("(run with --debug for the full traceback)", file=sys.stderr)
         return 1
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Callbacks and plugins: the metrics file, fresh subsets per epoch, atomic checkpoints."""
+"""Callbacks and plugins: the metrics file, fresh subsets per epoch, atomic checkpoints, how a fit ended."""
 from __future__ import annotations
 
 import csv
@@ -30,12 +30,44 @@ class NonFiniteLossError(RuntimeError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file and renames it: a kill never leaves a corrupt checkpoint."""
+    """Writes each checkpoint to a temporary file and renames it: a kill never leaves a corrupt checkpoint.
+
+    A write that fails (full disk, file size limit, unwritable folder) removes the temporary file, leaves the
+    previous checkpoint as it was and raises :class:`~deepsets.train.guard.StorageError` naming the file.
+    """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
+        from .guard import write_error
+
         buf = io.BytesIO()
         torch.save(checkpoint, buf)
-        atomic_write_bytes(path, buf.getvalue())
+        try:
+            atomic_write_bytes(path, buf.getvalue())
+        except OSError as e:
+            raise write_error("checkpoint", path, e) from None
+
+
+class StopRecorder(pl.Callback):
+    """Notes the exception that ended a fit (Lightning's ``on_exception`` hook: ``SIGTERMException``,
+    ``KeyboardInterrupt``, ...) and the epoch and step it happened at; see :class:`deepsets.train.guard.RunGuard`."""
+
+    def __init__(self):
+        self.exception: BaseException | None = None
+        self.epoch = self.step = None
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.exception, self.epoch, self.step = exception, trainer.current_epoch, trainer.global_step
+
+    # Under DDP, Lightning's SIGTERM handler broadcasts from inside the signal handler, which deadlocks when the
+    # signal lands while the ranks are in another collective (a metric's all_gather, say). There SIGTERM takes
+    # Lightning's Ctrl-C path instead: it stops rank zero and kills the processes it launched (which write nothing).
+    def on_train_start(self, trainer, pl_module):  # after Lightning has installed its handlers
+        if trainer.world_size > 1:
+            from .guard import take_over_sigterm
+
+            take_over_sigterm()
+
+    on_validation_start = on_train_start
 
 
 class SubsetEpoch(pl.Callback):
@@ -70,7 +102,12 @@ def write_metrics(path: str | Path, rows: list[dict]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: r.get(k, "") for k in METRIC_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
+    try:
+        atomic_write_text(path, buf.getvalue())
+    except OSError as e:  # the previous file is untouched
+        from .guard import write_error
+
+        raise write_error("metrics file", path, e) from None
 
 
 class MetricsCSV(pl.Callback):
@@ -133,6 +170,10 @@ class MetricsCSV(pl.Callback):
             plot_learning_curve(self.rows, self.png, self.metric_name, self.title)
         except ImportError:  # matplotlib is optional
             pass
+        except OSError as e:  # written atomically: the previous figure is untouched
+            from .guard import write_error
+
+            raise write_error("learning curve", self.png, e) from None
         self._plotted = time.time()
 
     def on_fit_end(self, trainer, pl_module):

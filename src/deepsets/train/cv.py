@@ -20,6 +20,7 @@ import numpy as np
 from torch.utils.data import Subset
 
 from .config import TrainConfig
+from .guard import RunLock
 
 
 def fold_splits(targets: np.ndarray, folds: int, stratify: bool, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -57,6 +58,7 @@ def run_fold(cfg: TrainConfig, k: int, train_idx: list[int], test_idx: list[int]
     """Train fold ``k`` in ``fold_dir`` and test its best checkpoint on the held-out sets (cached in
     ``result.json``); ``full`` is the task's training split (loaded here when not given, e.g. in a job)."""
     from ..data import load_task
+    from .guard import RunInterrupted
     from .io import atomic_write_text
     from .run import evaluate_dataset, load_checkpoint, train
 
@@ -69,7 +71,12 @@ def run_fold(cfg: TrainConfig, k: int, train_idx: list[int], test_idx: list[int]
                          fixed_subset=cfg.fixed_subset, **cfg.task_options)
     fcfg = copy.deepcopy(cfg)
     fcfg.out = str(fold_dir)
-    train(fcfg, overwrite=True, dataset=Subset(full, train_idx), echo=lambda *a: None)
+    try:
+        train(fcfg, overwrite=True, dataset=Subset(full, train_idx), echo=lambda *a: None)
+    except RunInterrupted as e:  # a fold is trained again from its start: the cv command continues
+        raise RunInterrupted(e.signal, f"stopped by {e.signal} in fold {k + 1}; the folds done so far are kept "
+                                       f"({fold_dir.parent}/fold-K/result.json); run the same deepsets cv command "
+                                       f"again to continue") from None
     module = load_checkpoint(fold_dir / "checkpoints" / "best.ckpt")
     r = evaluate_dataset(module, Subset(copy.copy(full), test_idx), cfg.eval_subsets, cfg.batch_size)
     r.update({"fold": k, "train_sets": len(train_idx), "test_sets": len(test_idx)})
@@ -87,15 +94,21 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = No
     ``OUT/cv-plan.json`` records the folds and the config: rerunning the same command continues an interrupted
     cross-validation; another config or fold count in the same folder is refused unless ``overwrite``.
     """
-    from .executors import run_jobs
-    from .io import atomic_write_text
     from .run import resolve_task
 
     cfg = copy.deepcopy(cfg)
     task = resolve_task(cfg, echo=echo)
     out = Path(out or cfg.out or Path("runs") / f"cv-{task.name.rpartition(':')[2]}-{cfg.model}-s{cfg.seed}")
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):  # another cross-validation into OUT (--overwrite included) is refused while this one runs
+        return _cross_validate(cfg, task, folds, out, overwrite, echo, executor, parallel, slurm)
+
+
+def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bool, echo, executor, parallel,
+                    slurm) -> dict:
     from ..data import load_task
+    from .executors import run_jobs
+    from .io import atomic_write_text
 
     full = load_task(cfg.task, "train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
                      fixed_subset=cfg.fixed_subset, **cfg.task_options)
@@ -122,6 +135,7 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = No
     rows: dict[int, dict] = {}
     t0 = time.time()
     here = executor is None  # in this process the loaded data are reused; a job loads them itself
+
     def cached(*job):
         done = Path(job[4]) / "result.json"
         return json.loads(done.read_text()) if done.is_file() else None

@@ -1,6 +1,7 @@
 """Train, evaluate and predict: the functions behind ``deepsets train|eval|predict``."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -18,6 +19,7 @@ from ..data.targets import infer_target
 from .callbacks import AtomicCheckpointIO, MetricsCSV, NonFiniteLossError, SubsetEpoch, read_metrics
 from .config import TrainConfig
 from .loggers import make_logger
+from .guard import LOCK_FILES, RunGuard, RunLock
 from .module import SetModule
 
 RUN_FILES = ("config.yaml", "metrics.csv", "learning_curve.png", "checkpoints", "results.json",
@@ -173,7 +175,7 @@ def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = Fal
         return out
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name not in LOCK_FILES for p in out.iterdir()):
         if not overwrite:
             raise ValueError(
                 f"output folder {out} already holds files; pass --resume to continue that run, "
@@ -218,7 +220,8 @@ def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, ext
 
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",
                            save_last=True, save_top_k=1, every_n_epochs=cfg.eval_every,
-                           save_on_train_epoch_end=True, enable_version_counter=False)
+                           save_on_train_epoch_end=True, enable_version_counter=False,
+                           save_on_exception=False)  # last.ckpt stays the end of the last complete epoch
     epochs = cfg.epochs if cfg.epochs is not None else get_task(cfg.task).epochs
     return pl.Trainer(
         max_epochs=epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
@@ -318,6 +321,11 @@ def flag_name(field_name: str) -> str:
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, dataset=None, echo=print,
           changed=None) -> dict:
+    with contextlib.ExitStack() as run:  # the run folder's lock and guard (deepsets.train.guard), entered in _train
+        return _train(cfg, resume, overwrite, dataset, echo, changed, run)
+
+
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, changed, run: contextlib.ExitStack) -> dict:
     """Train one model; returns a summary (and writes ``config.yaml``, ``metrics.csv``, checkpoints, PNG).
 
     ``dataset`` (a dataset or ``Subset`` of one) replaces the task's training split: cross-validation folds
@@ -329,6 +337,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
 
     Like the ``deepsets`` command, this tunes the process's allocator (:func:`deepsets.runtime.tune_allocator`)
     unless ``DEEPSETS_TUNE_MALLOC=0``.
+
+    While it runs, ``OUT/.lock`` keeps other runs out of ``OUT``; SIGTERM or Ctrl-C raise
+    :class:`~deepsets.train.guard.RunInterrupted` and a failed write :class:`~deepsets.train.guard.StorageError`,
+    both saying which checkpoint is kept and how to continue (see :mod:`deepsets.train.guard`).
     """
     from ..runtime import tune_allocator
 
@@ -342,8 +354,10 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
         cfg.out = default_out(cfg)
     if launched_worker():  # a DDP process started by Lightning: rank 0 has prepared the folder
         out = Path(cfg.out)
-    else:
+    else:  # the lock first: a run refused for a busy folder (even with --overwrite) touches nothing
+        run.enter_context(RunLock(cfg.out, create=not resume))
         out = prepare_out_dir(cfg.out, resume, overwrite)
+    guard = run.enter_context(RunGuard(out))
     if resume:
         cfg = resume_config(out, cfg, changed_fields(cfg) if changed is None else changed, echo=echo)
     task = resolve_task(cfg)
@@ -364,7 +378,7 @@ def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, datas
         cfg.save(out / "config.yaml")
     title = f"{cfg.model} depth {module.model.config.depth} on {cfg.task}"
     quiet_lightning(verbose=cfg.progress)  # before the Trainer prints its banners
-    trainer = build_trainer(cfg, out, task.metric, title, resume=resume)
+    trainer = build_trainer(cfg, out, task.metric, title, extra_callbacks=[guard.recorder], resume=resume)
     ckpt_path = str(out / "checkpoints" / "last.ckpt") if resume else None
     start_step = read_checkpoint(ckpt_path).get("global_step", 0) if resume else 0
     if cfg.max_steps > 0:  # a step budget may end before the first validation; the final one is done below
@@ -415,6 +429,9 @@ def complete_epochs(trainer) -> int:
     if isinstance(per_epoch, int) and per_epoch > 0:
         return min(trainer.current_epoch, trainer.global_step // per_epoch)
     return trainer.current_epoch
+
+
+train.__doc__ = _train.__doc__
 
 
 # ---------------------------------------------------------------------------------------------------- eval
