@@ -20,7 +20,8 @@ TRAIN_FLAGS = ["--config", "--task", "--target", "--model", "--depth", "--dim", 
                "--precision", "--no-progress", "--resume", "--overwrite"]
 # Flags of train/cv that are not TrainConfig fields
 OTHER_DESTS = {"help", "debug", "config", "resume", "overwrite", "folds", "n_train", "n_test", "set_column",
-               "label_column", "labels", "split_column", "features", "channels", "channel_map", "layer", "no_header"}
+               "label_column", "labels", "split_column", "features", "channels", "channel_map", "layer", "no_header",
+               "executor", "parallel", "slurm_partition", "gpus_per_job", "cpus_per_job", "time_limit"}
 
 
 def subparser(*names) -> argparse.ArgumentParser:

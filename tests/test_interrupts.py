@@ -143,27 +143,44 @@ def _file_size_limit(nbytes: int):
 
 
 def test_full_disk_during_a_write_keeps_the_previous_files(tmp_path):
+    """A write that fails (RLIMIT_FSIZE stands in for a full disk) ends the run with one message; the files it
+    would have replaced are byte-identical, no temporary file is left, and a later --resume continues."""
+    import torch
+
     out = tmp_path / "run"
-    code, _, err = run(["--epochs", "1", "--out", str(out)])
-    assert code == 0, err
-    last, metrics = out / "checkpoints" / "last.ckpt", out / "metrics.csv"
-    saved = {p: p.read_bytes() for p in (last, out / "checkpoints" / "best.ckpt", metrics)}
-    assert len(saved[metrics]) < 200 < 20_000 < len(saved[last])
-    # 200 bytes: the second row of metrics.csv fails first; 20 kB: metrics.csv fits, the checkpoint does not
-    for limit, what, path in ((200, "metrics file", metrics), (20_000, "checkpoint", out / "checkpoints" / "*.ckpt")):
-        code, _, err = run(["--epochs", "3", "--out", str(out), "--resume"], preexec_fn=_file_size_limit(limit))
+    args = ["--epochs", "3", "--out", str(out)]
+    proc = start(args)
+    wait_for_rows(out, 1, proc)
+    while not (out / "checkpoints" / "last.ckpt").is_file() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()  # a run stopped mid-way (SIGKILL), so its resume has epochs left to write
+    proc.communicate(timeout=60)
+    last, best, metrics, config = (out / "checkpoints" / "last.ckpt", out / "checkpoints" / "best.ckpt",
+                                   out / "metrics.csv", out / "config.yaml")
+    epoch = torch.load(last, weights_only=True)["epoch"]
+    saved = {p: p.read_bytes() for p in (last, best, metrics, config)}
+    small = len(saved[metrics]) + 50  # room for the file as it is, not for one more row
+    assert small < len(saved[config]) < 20_000 < len(saved[last])
+    # small: the next metrics.csv row fails (the unchanged config.yaml is not rewritten); 20 kB: the checkpoint;
+    # small with --epochs 4: config.yaml, which a changed budget rewrites, fails first
+    cases = ((small, [], "metrics file", metrics), (20_000, [], "checkpoint", out / "checkpoints" / "*.ckpt"),
+             (small, ["--epochs", "4"], "config", config))
+    for limit, extra, what, path in cases:
+        code, _, err = run(args + ["--resume", *extra], preexec_fn=_file_size_limit(limit))
         assert code == 1, err
         assert "Traceback" not in err, err
         expected = (f"could not write {what} {path}: File too large (errno EFBIG: no space / file size limit); the "
-                    f"previous checkpoint {last} (end of epoch 0, step {PER_EPOCH}) is kept; free space (or raise the "
-                    f"quota or file size limit) and continue with: deepsets train --out {out} --resume")
+                    f"previous checkpoint {last} (end of epoch {epoch}, step {PER_EPOCH * (epoch + 1)}) is kept; free "
+                    f"space (or raise the quota or file size limit) and continue with: deepsets train --out {out} "
+                    f"--resume")
         assert re.search(re.escape(expected).replace(r"\*", "(best|last)"), err), err
-        # the checkpoints are byte-identical; metrics.csv too when its own write failed (else it holds the new
-        # epoch's row, which --resume drops as it restarts from the kept checkpoint)
-        kept = [last, out / "checkpoints" / "best.ckpt"] + ([metrics] if path == metrics else [])
-        assert all(p.read_bytes() == saved[p] for p in kept), "the previous files are byte-identical"
+        # the checkpoints and config.yaml are byte-identical; metrics.csv too unless the checkpoint write failed
+        # (it then holds the new epoch's row, which --resume drops as it restarts from the kept checkpoint)
+        kept = [last, best, config] + ([metrics] if what != "checkpoint" else [])
+        assert all(p.read_bytes() == saved[p] for p in kept), f"the previous files are byte-identical ({what})"
         assert not list(out.rglob("*.tmp"))
-    code, _, err = run(["--epochs", "3", "--out", str(out), "--resume"])  # space again: the run continues
+        saved[metrics] = metrics.read_bytes()
+    code, _, err = run(args + ["--resume"])  # space again: the run continues
     assert code == 0, err
     assert_every_epoch_once(out, 3)
 

@@ -374,8 +374,13 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
     if not task.paper and dm.info.get("features") and not launched_worker():
         feats = dm.info["features"]
         echo(f"features ({len(feats)}): {', '.join(feats[:12])}{' ...' if len(feats) > 12 else ''}")
-    if not launched_worker():  # on resume: the saved config with what this resumption changed
-        cfg.save(out / "config.yaml")
+    if not launched_worker() and (not resume or TrainConfig.load(out / "config.yaml") != cfg):
+        try:  # on resume: only when this resumption changed something
+            cfg.save(out / "config.yaml")
+        except OSError as e:
+            from .guard import write_error
+
+            raise write_error("config", out / "config.yaml", e) from None
     title = f"{cfg.model} depth {module.model.config.depth} on {cfg.task}"
     quiet_lightning(verbose=cfg.progress)  # before the Trainer prints its banners
     trainer = build_trainer(cfg, out, task.metric, title, extra_callbacks=[guard.recorder], resume=resume)
