@@ -52,6 +52,15 @@ def wait_for_rows(out: Path, n: int, proc, timeout=120):
     raise AssertionError(f"no {n} rows in {out / 'metrics.csv'} after {timeout} s")
 
 
+def wait_for_checkpoint(out: Path, proc, timeout=120):
+    """Until the first epoch's last.ckpt is in place (it is written just after that epoch's metrics row)."""
+    wait_for_rows(out, 1, proc, timeout)
+    deadline = time.time() + timeout
+    while not (out / "checkpoints" / "last.ckpt").is_file():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint written"
+        time.sleep(0.05)
+
+
 def assert_every_epoch_once(out: Path, epochs: int):
     rows = read_metrics(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == list(range(epochs))
@@ -117,7 +126,7 @@ def test_second_run_into_a_busy_folder_is_refused_and_touches_nothing(tmp_path):
     out = tmp_path / "run"
     args = ["--epochs", "500", "--out", str(out)]  # still running when killed below
     first = start(args)
-    wait_for_rows(out, 1, first)
+    wait_for_checkpoint(out, first)
     first.send_signal(signal.SIGSTOP)  # paused, it keeps its lock (and leaves the cores to the runs below)
     before = {p.relative_to(out) for p in out.rglob("*") if not p.name.endswith(".tmp")}
     for extra in ([], ["--overwrite"], ["--resume"]):
@@ -150,9 +159,7 @@ def test_full_disk_during_a_write_keeps_the_previous_files(tmp_path):
     out = tmp_path / "run"
     args = ["--epochs", "3", "--out", str(out)]
     proc = start(args)
-    wait_for_rows(out, 1, proc)
-    while not (out / "checkpoints" / "last.ckpt").is_file() and proc.poll() is None:
-        time.sleep(0.05)
+    wait_for_checkpoint(out, proc)
     proc.kill()  # a run stopped mid-way (SIGKILL), so its resume has epochs left to write
     proc.communicate(timeout=60)
     last, best, metrics, config = (out / "checkpoints" / "last.ckpt", out / "checkpoints" / "best.ckpt",

@@ -215,6 +215,8 @@ class RunGuard:
             return False
         name = signal_of(exc)
         if name is not None:
+            for stale in [*self.out.glob(".*.tmp"), *(self.out / "checkpoints").glob(".*.tmp")]:
+                stale.unlink(missing_ok=True)  # a write the signal cut short (never renamed into place)
             epoch, step = self.recorder.epoch, self.recorder.step
             if self.recorder.exception is not None and name == "SIGINT":
                 name = signal_of(self.recorder.exception) or name
