@@ -776,13 +776,14 @@ int huge_moments(const REAL *x, int64_t n, int64_t D, double *st) {
 }
 
 /* With u = relu(x a + s) - c per row (c may be NULL: no shift): sum[D] = sum_n u and, if gram is not NULL,
- * gram[D][D] = sum_n u u^T (the upper blocks by GEMM, three quarters of one full product; mirrored). */
+ * gram[D][D] = sum_n u u^T (the blocks on and above the diagonal by GEMM, 5/8 of one full product; mirrored). */
 int huge_sums(gemm_t gemm, const REAL *x, int64_t n, int64_t D, const REAL *a, const REAL *s, const REAL *c,
               double *sum, double *gram) {
     const int64_t off[2] = {0, n};
     tiles_t tl;
     if (make_tiles(off, 1, tile_rows(D), &tl)) return -1;
-    const int64_t nt = tl.n, TR = tl.rows_max, D2 = D / 2, G = gram ? D * D : 0;
+    const int64_t nt = tl.n, TR = tl.rows_max, G = gram ? D * D : 0;
+    const int64_t BS = D >= 4 ? (D + 3) / 4 : D; /* 4 block rows: (4 + 1) / 8 of a full product */
     const int nthr = omp_get_max_threads();
     const int64_t per = TR * D + G + D;
     REAL *buf = malloc(sizeof(REAL) * (size_t)(nthr * per + 1));
@@ -818,14 +819,13 @@ int huge_sums(gemm_t gemm, const REAL *x, int64_t n, int64_t D, const REAL *a, c
                 }
             }
             for (int64_t d = 0; d < D; d++) as[d] += rs[d];
-            if (gram) {
-                mm_tn_ld(gemm, D2, D, rows, h, D, h, D, g, D);                                /* rows < D2 */
-                mm_tn_ld(gemm, D - D2, D - D2, rows, h + D2, D, h + D2, D, g + D2 * D + D2, D); /* lower right */
-                for (int64_t i = 0; i < D2; i++)
-                    for (int64_t j = 0; j < D; j++) ag[i * D + j] += g[i * D + j];
-                for (int64_t i = D2; i < D; i++)
-                    for (int64_t j = D2; j < D; j++) ag[i * D + j] += g[i * D + j];
-            }
+            if (gram) /* block row i0..i1: columns i0..D (the upper triangle by blocks) */
+                for (int64_t i0 = 0; i0 < D; i0 += BS) {
+                    const int64_t i1 = i0 + BS < D ? i0 + BS : D;
+                    mm_tn_ld(gemm, i1 - i0, D - i0, rows, h + i0, D, h + i0, D, g + i0 * D + i0, D);
+                    for (int64_t i = i0; i < i1; i++)
+                        for (int64_t j = i0; j < D; j++) ag[i * D + j] += g[i * D + j];
+                }
         }
     }
     for (int64_t k = 0; k < G + D; k++) {
@@ -833,9 +833,9 @@ int huge_sums(gemm_t gemm, const REAL *x, int64_t n, int64_t D, const REAL *a, c
         for (int j = 0; j < nthr; j++) v += acc[(int64_t)j * (G + D) + k];
         if (k < G) gram[k] = v; else sum[k - G] = v;
     }
-    if (gram)
-        for (int64_t i = D2; i < D; i++)
-            for (int64_t j = 0; j < D2; j++) gram[i * D + j] = gram[j * D + i];
+    if (gram) /* mirror below the diagonal blocks */
+        for (int64_t i = 0; i < D; i++)
+            for (int64_t j = 0; j < (i / BS) * BS; j++) gram[i * D + j] = gram[j * D + i];
     free(tl.set);
     free(buf);
     free(acc);
