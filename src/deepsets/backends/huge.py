@@ -190,7 +190,7 @@ def stream_attention(attn, qp: Tensor, kv_chunks) -> Tensor:
         new_max = torch.maximum(run_max, logits.amax(-1, keepdim=True))
         w = logits.sub_(new_max).exp_()
         rescale = torch.exp(run_max - new_max).double()
-        run_sum = run_sum * rescale + w.sum(-1, keepdim=True, dtype=torch.float64)
+        run_sum = run_sum * rescale + w.sum(-1, keepdim=True).double()  # float32 over one chunk
         acc = acc * rescale + torch.bmm(w, value).double()
         run_max = new_max
         del kv, w, logits
