@@ -47,7 +47,8 @@ def _set_norm(m) -> bool:
 
 
 def _dtype_ok(model, x: Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and kernels.block_applies(x)
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and kernels.blocks_enabled()
+            and kernels.block_applies(x)
             and not torch.is_autocast_enabled("cpu") and all(p.dtype == x.dtype for p in model.parameters()))
 
 
