@@ -136,3 +136,25 @@ def test_chunked_forward_rejects_an_unknown_path():
     model = _model("deepsets++", "set", "clean")
     with pytest.raises(ValueError, match="unknown path"):
         chunked_forward(model, torch.randn(1, 10, 3, dtype=torch.float64), path="quick")
+
+
+def test_predict_streams_a_fcs_folder_with_the_same_predictions(tmp_path):
+    """Reading the next file in the background (and the progress bar) changes nothing in the predictions."""
+    import numpy as np
+
+    flowio = pytest.importorskip("flowio")
+    from deepsets.train.predict import open_input, predict_sets, prefetched
+
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        ev = np.column_stack([rng.normal(90, 15, 40 + 7 * i), rng.normal(30, 3, 40 + 7 * i)]).astype(np.float32)
+        with open(tmp_path / f"s{i}.fcs", "wb") as fh:
+            flowio.create_fcs(fh, ev.ravel().tolist(), ["RBC_Volume", "RBC_HC"])
+    ds = open_input(tmp_path, channels=["RBC_Volume", "RBC_HC"])
+    model = deepsets.create_model("deepsets++", 2, 1, depth=2, dim=16).eval()
+    sets = list(prefetched(ds))
+    assert [len(s) for s in sets] == [len(ds.get_set(i, subsample=False)) for i in range(len(ds))]
+    one_by_one = [model(s.unsqueeze(0))[0].detach().numpy() for s in sets]
+    for progress in (True, False):
+        outs = predict_sets(model, ds, max_elements=100, progress=progress)  # batches of one or two sets
+        np.testing.assert_allclose(np.stack(outs), np.stack(one_by_one), rtol=1e-5, atol=1e-6)
