@@ -18,6 +18,11 @@ layers' code are not changed, and nothing outside the run holds state.
 
 Memory: one ``[n, H]`` activation buffer (updated in place) plus chunk temporaries. The result equals
 ``model(x)`` up to float round-off (tested). Inference only: the model must be in eval mode.
+
+This is the generic path, for any family that declares ``encode_chunked`` / ``pool_chunked``. Where a model has
+one, :func:`chunked_forward` takes the fast path of :mod:`.huge` instead (clean-path Deep Sets++ and Set
+Transformer++ with set norm: one pass per layer, about the time of the forward's matrix products, memory bounded
+by the input plus one ``[n, H]`` activation plus chunk temporaries, whatever the depth).
 """
 from __future__ import annotations
 
