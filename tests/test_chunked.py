@@ -65,3 +65,96 @@ def test_predict_uses_exact_chunked_inference_for_huge_sets(tmp_path):
     outs = predict_sets(model, open_input(tmp_path / "big.npy"), max_elements=100, chunk_size=37)
     ref = model(torch.from_numpy(sets)).detach().numpy()
     np.testing.assert_allclose(np.stack(outs), ref, rtol=1e-4, atol=1e-6)
+
+
+# --- the fast path of deepsets.backends.huge (one pass per layer, one in-place activation) -------------------------
+FAST = [(name, norm) for name in deepsets.list_models() for norm in NORMS]
+
+
+@pytest.mark.parametrize("name,norm", FAST)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fast_path_equals_forward_and_generic(name, norm, dtype):
+    """Every registered model and norm: ``path="auto"`` (the fast path where the model has one, the generic path
+    elsewhere) equals the model and the generic path; where there is a fast path it is the one taken."""
+    from deepsets.backends import huge
+
+    model = _model(name, norm, get_preset(name).defaults["residual"]).to(dtype)
+    x, mask = random_padded_batch(3, 300, 3, min_size=100, seed=7)
+    x = (x * 4 + 2).to(dtype)
+    ref = model(x, mask)
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    for chunk in (1000, 77):
+        out = chunked_forward(model, x, mask, chunk_size=chunk, path="auto")
+        torch.testing.assert_close(out, ref, **tol)
+        torch.testing.assert_close(out, chunked_forward(model, x, mask, chunk_size=chunk, path="generic"), **tol)
+    fast = huge.plan(model, x[0, :10].contiguous())
+    if norm == "set" and name.endswith("++"):
+        assert fast is not None  # the paper's deep models with set norm have a fast path
+        torch.testing.assert_close(chunked_forward(model, x, mask, chunk_size=77, path="fast"), ref, **tol)
+    elif fast is None:
+        with pytest.raises(ValueError, match="no fast path"):
+            chunked_forward(model, x, mask, path="fast")
+
+
+@pytest.mark.parametrize("name", ["deepsets++", "settransformer++"])
+@pytest.mark.parametrize("pool_or_output", ["sum", "mean", "max", "elements"])
+def test_fast_path_pools_and_element_outputs(name, pool_or_output):
+    kw = {"output": "elements"} if pool_or_output == "elements" else {}
+    if name == "deepsets++" and pool_or_output != "elements":
+        kw["pool"] = pool_or_output
+    elif pool_or_output in ("mean", "max"):
+        pytest.skip("the Set Transformer family pools by attention only")
+    model = _model(name, "set", "clean", **kw)
+    x, mask = random_padded_batch(2, 400, 3, min_size=150, seed=8)
+    out = chunked_forward(model, x, mask, chunk_size=64, path="fast")
+    torch.testing.assert_close(out, model(x, mask), rtol=1e-9, atol=1e-9)
+
+
+def test_fast_path_float32_relative_error_on_large_set():
+    """The Gram-matrix statistics of the inner set norm lose nothing against float32 round-off on a deep model
+    with raw-unit inputs (what the generic path is held to in the test above)."""
+    for name, depth in (("deepsets++", 10), ("settransformer++", 2)):
+        model = deepsets.create_model(name, 2, 1, depth=depth).eval()
+        x = torch.randn(1, 20_000, 2) * torch.tensor([15.0, 3.0]) + torch.tensor([90.0, 30.0])
+        ref = model.double()(x.double()).float()
+        model.float()
+        out = chunked_forward(model, x, chunk_size=4096, path="fast")
+        assert ((out - ref).abs() / ref.abs().clamp_min(1e-6)).max() <= 1e-4, name
+
+
+def test_fast_path_falls_back_without_kernels(monkeypatch):
+    from deepsets.backends import huge
+
+    model = _model("deepsets++", "set", "clean")
+    x = torch.randn(1, 50, 3, dtype=torch.float64)
+    monkeypatch.setenv("DEEPSETS_KERNELS", "norm")
+    assert huge.plan(model, x[0]) is None
+    torch.testing.assert_close(chunked_forward(model, x), model(x), rtol=1e-9, atol=1e-9)
+
+
+def test_chunked_forward_rejects_an_unknown_path():
+    model = _model("deepsets++", "set", "clean")
+    with pytest.raises(ValueError, match="unknown path"):
+        chunked_forward(model, torch.randn(1, 10, 3, dtype=torch.float64), path="quick")
+
+
+def test_predict_streams_a_fcs_folder_with_the_same_predictions(tmp_path):
+    """Reading the next file in the background (and the progress bar) changes nothing in the predictions."""
+    import numpy as np
+
+    flowio = pytest.importorskip("flowio")
+    from deepsets.train.predict import open_input, predict_sets, prefetched
+
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        ev = np.column_stack([rng.normal(90, 15, 40 + 7 * i), rng.normal(30, 3, 40 + 7 * i)]).astype(np.float32)
+        with open(tmp_path / f"s{i}.fcs", "wb") as fh:
+            flowio.create_fcs(fh, ev.ravel().tolist(), ["RBC_Volume", "RBC_HC"])
+    ds = open_input(tmp_path, channels=["RBC_Volume", "RBC_HC"])
+    model = deepsets.create_model("deepsets++", 2, 1, depth=2, dim=16).eval()
+    sets = list(prefetched(ds))
+    assert [len(s) for s in sets] == [len(ds.get_set(i, subsample=False)) for i in range(len(ds))]
+    one_by_one = [model(s.unsqueeze(0))[0].detach().numpy() for s in sets]
+    for progress in (True, False):
+        outs = predict_sets(model, ds, max_elements=100, progress=progress)  # batches of one or two sets
+        np.testing.assert_allclose(np.stack(outs), np.stack(one_by_one), rtol=1e-5, atol=1e-6)

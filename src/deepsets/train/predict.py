@@ -36,11 +36,12 @@ def set_names(ds) -> list[str]:
 
 @torch.no_grad()
 def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
-                 chunk_size: int = 65_536) -> list[np.ndarray]:
+                 chunk_size: int = 65_536, progress: bool | None = None) -> list[np.ndarray]:
     """Model output for every set of ``ds``, whole sets (no subsampling). Sets are batched up to
     ``batch_size`` sets or ``max_elements`` padded elements, whichever comes first; a set larger than
     ``max_elements`` is evaluated alone and exactly in chunks of ``chunk_size`` elements (bounded memory,
-    see :func:`deepsets.models.chunked_forward`)."""
+    see :func:`deepsets.models.chunked_forward`). Sets are read one ahead in a background thread (reading
+    overlaps computing); ``progress``: a progress bar with sets and cells per second (None: on a terminal only)."""
     from ..data import pad_sets
     from ..nn.masking import check_nonempty
 
@@ -78,8 +79,11 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
         first_index += len(batch)
         batch = []
 
-    for i in range(len(ds)):
-        x = torch.from_numpy(ds.get_set(i, subsample=False))
+    bar = _progress(len(ds), progress)
+    for i, x in enumerate(prefetched(ds)):
+        bar.update(1)
+        bar.cells += len(x)
+        bar.set_postfix_str(f"{bar.cells / max(bar.format_dict['elapsed'], 1e-9):,.0f} cells/s", refresh=False)
         if x.shape[-1] != model.config.in_dim:
             raise DataError(f"{source}: {label(i)} has {x.shape[-1]} features per element but the model "
                             f"expects {model.config.in_dim}")
@@ -87,7 +91,38 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
             flush()
         batch.append(x)
     flush()
+    bar.close()
     return outs
+
+
+def prefetched(ds):
+    """The whole sets of ``ds`` as tensors, in order; the next set is read (e.g. the next FCS file parsed) in a
+    background thread while the caller computes on the current one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(i):
+        return torch.from_numpy(ds.get_set(i, subsample=False))
+
+    n = len(ds)
+    if n == 0:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepsets-read") as pool:
+        nxt = pool.submit(read, 0)
+        for i in range(n):
+            x = nxt.result()
+            if i + 1 < n:
+                nxt = pool.submit(read, i + 1)
+            yield x
+
+
+def _progress(total: int, enabled):
+    """A tqdm bar over sets that also counts cells (``enabled=None``: only on a terminal)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="set", desc="predict", disable=None if enabled is None else not enabled,
+               leave=False)
+    bar.cells = 0
+    return bar
 
 
 def predictions_csv(names: list[str], outputs: list[np.ndarray], target, classes=None) -> str:

@@ -148,6 +148,10 @@ def _lib(dtype: torch.dtype) -> ctypes.CDLL | None:
         lib.normlinear_backward.argtypes = [p, p, p, p, p, i64, i64, i64, p, p, p, c_int, c_int, p, p, p, p, p, p, p,
                                             p]
         lib.normlinear_forward.restype = lib.normlinear_backward.restype = c_int
+        lib.huge_moments.argtypes = [p, i64, i64, p]
+        lib.huge_sums.argtypes = [p, p, i64, i64, p, p, p, p, p]
+        lib.huge_block.argtypes = [p, p, i64, i64, p, p, p, p, p, p, dbl, p]
+        lib.huge_moments.restype = lib.huge_sums.restype = lib.huge_block.restype = c_int
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", b"") or b""
         warnings.warn(
@@ -346,3 +350,35 @@ def norm_linear_backward(grad: torch.Tensor, x2d: torch.Tensor, offsets: np.ndar
     if rc:
         raise MemoryError("set norm + linear kernel: out of memory")
     return dx, dw, db, dW, (dbias if has_bias else None)
+
+
+# --- one huge set, in place (setnorm.c: huge_moments / huge_sums / huge_block; used by deepsets.backends.huge) ----
+
+
+def huge_moments(x2d: torch.Tensor) -> tuple[float, float]:
+    """Mean and variance of all values of the contiguous rows ``x2d [n, D]`` (one set)."""
+    st = torch.empty(2, dtype=torch.float64)
+    if _lib(x2d.dtype).huge_moments(_ptr(x2d), x2d.shape[0], x2d.shape[1], _ptr(st)):
+        raise MemoryError("huge-set kernel: out of memory")
+    return float(st[0]), float(st[1])
+
+
+def huge_sums(x2d: torch.Tensor, a: torch.Tensor, s: torch.Tensor, shift: torch.Tensor | None, gram: bool):
+    """With ``u = relu(x a + s) - shift`` per row: float64 ``(sum_n u [D], sum_n u u^T [D, D] or None)``."""
+    D = x2d.shape[1]
+    out = torch.empty(D + (D * D if gram else 0), dtype=torch.float64)
+    total, g = out[:D], (out[D:].view(D, D) if gram else None)
+    if _lib(x2d.dtype).huge_sums(_gemm(x2d.dtype), _ptr(x2d), x2d.shape[0], D, _ptr(a), _ptr(s), _opt(shift),
+                                 _ptr(total), _opt(g)):
+        raise MemoryError("huge-set kernel: out of memory")
+    return total, g
+
+
+def huge_block(x2d: torch.Tensor, a1, s1, W1, a2, s2, W2, eps: float) -> tuple[float, float]:
+    """``x2d <- x2d + W2 relu(t a2 + s2)``, ``t = W1 relu(x2d a1 + s1)``, in place; returns the new rows' mean and
+    rstd. All arguments contiguous, of ``x2d``'s type (``W1``, ``W2``: ``[D, D]``)."""
+    st = torch.empty(2, dtype=torch.float64)
+    if _lib(x2d.dtype).huge_block(_gemm(x2d.dtype), _ptr(x2d), x2d.shape[0], x2d.shape[1], *map(_ptr, (a1, s1, W1, a2, s2, W2)),
+                                  float(eps), _ptr(st)):
+        raise MemoryError("huge-set kernel: out of memory")
+    return float(st[0]), float(st[1])

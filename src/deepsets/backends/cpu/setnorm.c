@@ -739,3 +739,138 @@ int normlinear_backward(gemm_t gemm, const REAL *G, const REAL *x, const int64_t
     free(acc);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------------------------
+ * One huge set (deepsets/backends/huge.py): rows x [n, D] of a single set, processed in place, tile by tile, so
+ * that memory holds one [n, D] activation and per-thread tiles. A clean-path Deep Sets++ block
+ * x <- x + W2 relu(SN2(t)), t = W1 relu(SN1(x)), takes two passes: huge_sums gives the sums and the Gram matrix
+ * of u = relu(SN1(x)) - c (c: a per-feature shift near the mean of relu(SN1(x)), so that the Gram matrix is
+ * nearly a covariance and its float partial sums lose nothing to cancellation), from which the mean and variance
+ * of t = W1 u + W1 c follow exactly (huge.py); huge_block then applies the block in place and returns the
+ * statistics of its output for the next block. Float partial sums over one tile, double across tiles.
+ * ---------------------------------------------------------------------------------------------------------- */
+
+/* Row-major C[M][N] = A^T B for sub-blocks: A is [K][lda] (its first M columns), B is [K][ldb] (first N). */
+static void mm_tn_ld(gemm_t f, int64_t M, int64_t N, int64_t K, const REAL *A, int64_t lda, const REAL *B,
+                     int64_t ldb, REAL *C, int64_t ldc) {
+    const REAL one = 1, zero = 0;
+    if (M > 0 && N > 0 && K > 0) f("N", "T", &N, &M, &K, &one, B, &ldb, A, &lda, &zero, C, &ldc);
+}
+
+/* Mean st[0] and variance st[1] of all values of x [n, D]. */
+int huge_moments(const REAL *x, int64_t n, int64_t D, double *st) {
+    const int64_t off[2] = {0, n};
+    tiles_t tl;
+    if (make_tiles(off, 1, tile_rows(D), &tl)) return -1;
+    const int64_t nt = tl.n;
+    double *tm = malloc(sizeof(double) * (size_t)(3 * nt + 1));
+    if (!tm) { free(tl.set); return -1; }
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < nt; c++)
+        moments(x + tl.start[c] * D, NULL, tl.end[c] - tl.start[c], D, tm + c, tm + nt + c, tm + 2 * nt + c);
+    combine_stats(&tl, tm, 0, 0.0, st, 1);
+    st[1] = isfinite(st[1]) && st[1] > 0 ? 1.0 / (st[1] * st[1]) : 0.0; /* rstd without eps -> variance */
+    free(tl.set);
+    free(tm);
+    return 0;
+}
+
+/* With u = relu(x a + s) - c per row (c may be NULL: no shift): sum[D] = sum_n u and, if gram is not NULL,
+ * gram[D][D] = sum_n u u^T (the blocks on and above the diagonal by GEMM, 5/8 of one full product; mirrored). */
+int huge_sums(gemm_t gemm, const REAL *x, int64_t n, int64_t D, const REAL *a, const REAL *s, const REAL *c,
+              double *sum, double *gram) {
+    const int64_t off[2] = {0, n};
+    tiles_t tl;
+    if (make_tiles(off, 1, tile_rows(D), &tl)) return -1;
+    const int64_t nt = tl.n, TR = tl.rows_max, G = gram ? D * D : 0;
+    const int64_t BS = D >= 4 ? (D + 3) / 4 : D; /* 4 block rows: (4 + 1) / 8 of a full product */
+    const int nthr = omp_get_max_threads();
+    const int64_t per = TR * D + G + D;
+    REAL *buf = malloc(sizeof(REAL) * (size_t)(nthr * per + 1));
+    double *acc = calloc((size_t)(nthr * (G + D) + 1), sizeof(double));
+    if (!buf || !acc) { free(tl.set); free(buf); free(acc); return -1; }
+#pragma omp parallel num_threads(nthr)
+    {
+        const int me = omp_get_thread_num();
+        REAL *h = buf + (int64_t)me * per, *g = h + TR * D, *rs = g + G;
+        double *ag = acc + (int64_t)me * (G + D), *as = ag + G;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < nt; t++) {
+            const int64_t r0 = tl.start[t], rows = tl.end[t] - r0;
+            const REAL *xt = x + r0 * D;
+            for (int64_t d = 0; d < D; d++) rs[d] = 0;
+            for (int64_t r = 0; r < rows; r++) {
+                REAL *hr = h + r * D;
+                const REAL *xr = xt + r * D;
+                if (c) {
+#pragma omp simd
+                    for (int64_t d = 0; d < D; d++) {
+                        const REAL v = xr[d] * a[d] + s[d];
+                        hr[d] = (v > 0 ? v : 0) - c[d];
+                        rs[d] += hr[d];
+                    }
+                } else {
+#pragma omp simd
+                    for (int64_t d = 0; d < D; d++) {
+                        const REAL v = xr[d] * a[d] + s[d];
+                        hr[d] = v > 0 ? v : 0;
+                        rs[d] += hr[d];
+                    }
+                }
+            }
+            for (int64_t d = 0; d < D; d++) as[d] += rs[d];
+            if (gram) /* block row i0..i1: columns i0..D (the upper triangle by blocks) */
+                for (int64_t i0 = 0; i0 < D; i0 += BS) {
+                    const int64_t i1 = i0 + BS < D ? i0 + BS : D;
+                    mm_tn_ld(gemm, i1 - i0, D - i0, rows, h + i0, D, h + i0, D, g + i0 * D + i0, D);
+                    for (int64_t i = i0; i < i1; i++)
+                        for (int64_t j = i0; j < D; j++) ag[i * D + j] += g[i * D + j];
+                }
+        }
+    }
+    for (int64_t k = 0; k < G + D; k++) {
+        double v = 0.0;
+        for (int j = 0; j < nthr; j++) v += acc[(int64_t)j * (G + D) + k];
+        if (k < G) gram[k] = v; else sum[k - G] = v;
+    }
+    if (gram) /* mirror below the diagonal blocks */
+        for (int64_t i = 0; i < D; i++)
+            for (int64_t j = 0; j < (i / BS) * BS; j++) gram[i * D + j] = gram[j * D + i];
+    free(tl.set);
+    free(buf);
+    free(acc);
+    return 0;
+}
+
+/* x <- x + W2 relu(t a2 + s2), t = W1 relu(x a1 + s1), in place (W1, W2: [D, D]); st: mean and rstd (eps) of the
+ * new x. */
+int huge_block(gemm_t gemm, REAL *x, int64_t n, int64_t D, const REAL *a1, const REAL *s1, const REAL *W1,
+               const REAL *a2, const REAL *s2, const REAL *W2, double eps, double *st) {
+    const int64_t off[2] = {0, n};
+    tiles_t tl;
+    if (make_tiles(off, 1, tile_rows(D), &tl)) return -1;
+    const int64_t nt = tl.n, TR = tl.rows_max;
+    const int nthr = omp_get_max_threads();
+    double *tm = malloc(sizeof(double) * (size_t)(3 * nt + 1));
+    REAL *buf = malloc(sizeof(REAL) * (size_t)(nthr * 2 * TR * D + 1));
+    if (!tm || !buf) { free(tl.set); free(tm); free(buf); return -1; }
+#pragma omp parallel num_threads(nthr)
+    {
+        REAL *h = buf + (int64_t)omp_get_thread_num() * 2 * TR * D, *tt = h + TR * D;
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < nt; c++) {
+            const int64_t r0 = tl.start[c], rows = tl.end[c] - r0;
+            REAL *xt = x + r0 * D;
+            norm_relu(xt, rows, D, a1, s1, h);
+            mm_nt(gemm, rows, D, D, h, W1, 0, tt);
+            norm_relu(tt, rows, D, a2, s2, h);
+            mm_nt(gemm, rows, D, D, h, W2, 1, xt);
+            moments(xt, NULL, rows, D, tm + c, tm + nt + c, tm + 2 * nt + c);
+        }
+    }
+    combine_stats(&tl, tm, 0, eps, st, 1);
+    free(tl.set);
+    free(tm);
+    free(buf);
+    return 0;
+}
