@@ -101,12 +101,19 @@ def summarize(path: Path) -> None:
         w = stats.ttest_ind(a, b, equal_var=False)
         print(f"\nset vs layer (kernels on), test MSE: n = {len(a)} vs {len(b)}; Mann-Whitney U = {u.statistic:.1f}, "
               f"two-sided p = {u.pvalue:.3f}; Welch t = {w.statistic:.2f}, p = {w.pvalue:.3f}")
+    sa = {r["seed"]: r["test_mse"] for r in groups.get(("set", True), [])}
+    la = {r["seed"]: r["test_mse"] for r in groups.get(("layer", True), [])}
+    both = sorted(set(sa) & set(la))
+    if both:
+        wins = sum(sa[s] < la[s] for s in both)
+        print(f"paired by seed (same seed: identical initial weights and data order): set norm lower in {wins} of {len(both)}")
     on = {r["seed"]: r["test_mse"] for r in groups.get(("set", True), [])}
     off = {r["seed"]: r["test_mse"] for r in groups.get(("set", False), [])}
     paired = sorted(set(on) & set(off))
     if paired:
         print("set norm, kernels on vs off, same seed: " + ", ".join(
-            f"seed {s}: {on[s]:.4f} vs {off[s]:.4f}" for s in paired))
+            f"seed {s}: {on[s]:.4f} vs {off[s]:.4f} (relative difference {abs(on[s] - off[s]) / on[s]:.1%})"
+            for s in paired))
 
 
 def main() -> None:
