@@ -10,7 +10,8 @@ the test split; a cell whose JSON line is already in OUT.jsonl is skipped, so th
 ``--kernels-off-seeds`` reruns the set-norm cells of those seeds with ``DEEPSETS_KERNELS=0`` (reference layers,
 no fused CPU kernels). Every process gets ``OMP_NUM_THREADS=1``; ``--jobs`` cells run side by side.
 
-One JSON line per cell: model, depth, norm, seed, kernels, test_mse (eval of best.ckpt), best_val_mse and
+One JSON line per cell: model, depth, norm, seed, kernels, test_mse (eval of best.ckpt), test_label_variance
+(the MSE of predicting the mean), best_val_mse and
 final_val_mse (from metrics.csv), wall_s and the two commands. ``--summarize`` prints the Markdown table and a
 two-sided Mann-Whitney U test and Welch t-test of test_mse between the two norms (kernels on).
 """
@@ -59,7 +60,8 @@ def run_cell(runs: Path, norm: str, seed: int, kernels: bool) -> dict:
     val = [float(r["val_loss"]) for r in rows]
     rel = lambda a: [str(x).replace(str(runs), "RUNS") for x in a]  # noqa: E731  (no machine paths in output)
     return {"model": MODEL, "depth": DEPTH, "norm": norm, "seed": seed, "kernels": kernels,
-            "test_mse": round(test["mse"], 6), "best_val_mse": round(min(val), 6),
+            "test_mse": round(test["mse"], 6),
+            "test_label_variance": round(test["label_variance"], 4), "best_val_mse": round(min(val), 6),
             "final_val_mse": round(val[-1], 6), "steps": int(rows[-1]["step"]), "wall_s": round(wall, 1),
             "train_cmd": env_note + " " + " ".join(rel(train)), "eval_cmd": " ".join(rel(ev))}
 
