@@ -67,6 +67,10 @@ def test_paper_defaults():
     assert (st.config.depth, st.config.heads, st.config.num_inducing, st.config.norm) == (16, 4, 32, "set")
     assert deepsets.create_model("deepsets", 2, 1).config.residual == "none"
     assert deepsets.create_model("settransformer", 2, 1).config.residual == "nonclean"
+    # The baselines as the paper ran them: the original Deep Sets has no norm; the original Set Transformer
+    # uses layer norm (post-norm MABs).
+    assert deepsets.create_model("deepsets", 2, 1).config.norm == "none"
+    assert deepsets.create_model("settransformer", 2, 1).config.norm == "layer"
     assert {"deepsets", "deepsets++", "settransformer", "settransformer++"} <= set(deepsets.list_models())
 
 

@@ -40,6 +40,18 @@ def test_configs_exist_for_every_table_cell():
     assert len(t1) == 12 * 4 and len(t2) == 12 * 6
 
 
+def test_table2_baseline_configs_use_the_papers_norms():
+    import yaml
+
+    norms = {}
+    for path in (ROOT / "configs/paper/table2").glob("*.yaml"):
+        cfg = yaml.safe_load(path.read_text())
+        norms.setdefault(cfg["model"], set()).add(cfg.get("norm"))
+    # Original Deep Sets: no norm; original Set Transformer: layer norm; the ++ models: the presets' set norm.
+    assert norms == {"deepsets": {"none"}, "settransformer": {"layer"}, "deepsets++": {None},
+                     "settransformer++": {None}}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
 def test_every_shipped_config_trains_one_step(path, tmp_path):
     cfg = budget_config(path, "smoke", 0, tmp_path)

@@ -40,9 +40,11 @@ register_model("deepsets", DeepSets, DeepSetsConfig, "Deep Sets baseline (Zaheer
                depth=50, norm="none", residual="none", pool="sum")
 register_model("deepsets++", DeepSets, DeepSetsConfig, "Deep Sets++: set norm + clean-path residual blocks",
                depth=50, norm="set", residual="clean", pool="sum")
+# The paper's "original" Set Transformer uses layer norm ("the normalization of choice in Set Transformer"; its
+# code's sweeps run the baseline with layer_norm / set_norm, never without a norm), in post-norm MABs.
 register_model("settransformer", SetTransformer, SetTransformerConfig,
-               "Set Transformer baseline (Lee et al. 2019): post-norm ISABs, no norm",
-               depth=16, norm="none", residual="nonclean")
+               "Set Transformer baseline (Lee et al. 2019): post-norm ISABs with layer norm",
+               depth=16, norm="layer", residual="nonclean")
 register_model("settransformer++", SetTransformer, SetTransformerConfig,
                "Set Transformer++: set norm + clean-path pre-norm ISABs", depth=16, norm="set", residual="clean")
 
