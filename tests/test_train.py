@@ -153,6 +153,28 @@ def test_reproduce_smoke_writes_results_table(tmp_path):
     assert time.time() - t0 < 30
 
 
+def test_reproduce_table2_draws_test_error_against_depth(tmp_path):
+    from deepsets.train.reproduce import reproduce
+
+    reproduce("table2", "smoke", tasks=["normal-var"], cells=["*-3-*", "*-2-*", "*-8-*"], seeds=[0, 1],
+              out=tmp_path, echo=lambda *_: None)
+    assert len(list((tmp_path / "runs").iterdir())) == 6 * 2
+    assert (tmp_path / "depth.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("table", ["table1", "table2"])
+def test_cpu_budget_is_a_step_budget_every_cell_can_run(table, tmp_path):
+    """The cpu budget: the same optimizer and step budget for every cell, and set sizes the data have."""
+    from deepsets.data import get_task
+    from deepsets.train.reproduce import cell_files
+
+    for f in cell_files(table):
+        cfg = budget_config(f, "cpu", 0, tmp_path)
+        assert (cfg.batch_size, cfg.lr) == (32, 1e-4) and cfg.max_steps >= 600, f.stem
+        task = get_task(cfg.task)
+        assert cfg.set_size is None or cfg.set_size <= task.set_size, f.stem
+
+
 def _run_cli_train(args, **kw):
     return subprocess.Popen(CLI + ["train"] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env(), **kw)

@@ -46,3 +46,42 @@ def plot_learning_curve(rows: list[dict], path: str | Path, metric: str = "mse",
         fig.suptitle(title)
     save_png(fig, path)
     plt.close(fig)
+
+
+def plot_depth(cells: dict[tuple[str, str, int], list[float]], paper: dict[tuple[str, str, int], float | None],
+               metrics: dict[str, str], path: str | Path, title: str = "") -> None:
+    """Test metric against depth, one panel per task, one line per model family (mean +- s.e. over seeds),
+    with the paper's numbers as open markers. ``cells[(task, model, depth)]``: the seeds' values."""
+    import math
+
+    from ..models import list_models
+
+    plt = pyplot()
+    tasks = list(dict.fromkeys(k[0] for k in cells))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    models = [m for m in list_models() if any(k[1] == m for k in cells)]
+    colors = dict(zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, task in zip(axes[0], tasks):
+        for m in models:
+            pts = sorted((d, v) for (t, mm, d), v in cells.items() if t == task and mm == m)
+            if not pts:
+                continue
+            depths = [d for d, _ in pts]
+            means = [sum(v) / len(v) for _, v in pts]
+            ses = [math.sqrt(sum((x - mu) ** 2 for x in v) / (len(v) - 1) / len(v)) if len(v) > 1 else 0.0
+                   for (_, v), mu in zip(pts, means)]
+            ax.errorbar(depths, means, yerr=ses, fmt="o-", ms=4, capsize=3, color=colors[m], label=m)
+            ref = [(d, paper.get((task, m, d))) for d in depths]
+            ref = [(d, p) for d, p in ref if p is not None]
+            if ref:
+                ax.plot(*zip(*ref), "o--", mfc="none", ms=6, color=colors[m], alpha=0.6, lw=0.8)
+        if metrics.get(task) == "MSE":  # errors span orders of magnitude across depths and families
+            ax.set_yscale("log")
+        ax.set_title(task), ax.set_xlabel("layers"), ax.set_ylabel(f"test {metrics.get(task, '')}")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle((title + "\n" if title else "") + "filled: this project (mean +- s.e. over seeds); "
+                 "open, dashed: the paper", fontsize=9)
+    fig.tight_layout()
+    save_png(fig, path)
+    plt.close(fig)

@@ -57,6 +57,6 @@ TASK = register_task(Task(
     real_source="Flow-RBC HDF5, FCS folder, AnnData .h5ad",
     offline_default="physiology-based RBC simulator (same HDF5 layout)",
     offline_sizes="4,000 train / 1,000 test patients of 1000 cells", built_file="flow_rbc_sim.h5",
-    budgets={"cpu": dict(epochs=5, batch_size=64, set_size=200, n_train=1000, n_test=300),
+    budgets={"cpu": dict(set_size=100),
              "smoke": dict(cells=64)},
 ))

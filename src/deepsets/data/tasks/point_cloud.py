@@ -43,5 +43,5 @@ TASK = register_task(Task(
     real_source="PointNet ModelNet40 HDF5 (ply_data_*.h5) or the combined tr_cloud/test_cloud file",
     offline_default="12 procedurally generated 3-D shape classes",
     offline_sizes="2,400 train / 600 test clouds of 2048 points, 12 classes", built_file="ModelNet40_cloud.h5",
-    budgets={"cpu": dict(epochs=5, batch_size=64, set_size=200, n_train=1200, n_test=300)},
+    budgets={"cpu": dict(set_size=100)},
 ))
