@@ -94,6 +94,7 @@ def folder(name: str, depth: int, files: int, events: int) -> dict:
     import torch
 
     import deepsets
+    from deepsets.models import chunked_forward
     from deepsets.train.predict import open_input, predict_sets
 
     torch.manual_seed(0)
@@ -105,6 +106,8 @@ def folder(name: str, depth: int, files: int, events: int) -> dict:
             with open(Path(tmp) / f"sample{i:03d}.fcs", "wb") as fh:
                 flowio.create_fcs(fh, ev.ravel().tolist(), ["RBC_Volume", "RBC_HC"])
         ds = open_input(Path(tmp), channels=["RBC_Volume", "RBC_HC"])
+        small = ds.get_set(0, subsample=False)[:2000].unsqueeze(0)
+        model(small), chunked_forward(model, small)  # kernels built, first-call costs paid (as in case())
         t0 = time.perf_counter()
         outs = predict_sets(model, ds)
         wall = time.perf_counter() - t0

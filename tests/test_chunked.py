@@ -158,3 +158,27 @@ def test_predict_streams_a_fcs_folder_with_the_same_predictions(tmp_path):
     for progress in (True, False):
         outs = predict_sets(model, ds, max_elements=100, progress=progress)  # batches of one or two sets
         np.testing.assert_allclose(np.stack(outs), np.stack(one_by_one), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in deepsets.list_models() if n.endswith("++")])
+def test_predict_runs_large_sets_on_the_fast_path_with_the_same_predictions(name, monkeypatch, tmp_path):
+    """Sets of at least ``huge_min`` elements go alone through the huge-set path where the model has one; the
+    predictions equal the batched forward's."""
+    import numpy as np
+
+    from deepsets.backends import chunked
+    from deepsets.data.sources import SourceDataset
+    from deepsets.data.sources.arrays import ListReader
+    from deepsets.train.predict import predict_sets
+
+    model = _model(name, "set", "clean").float()
+    rng = np.random.default_rng(5)
+    sets = [rng.normal(2, 3, size=(n, 3)).astype(np.float32) for n in (30, 400, 12, 350)]
+    ds = SourceDataset(ListReader(sets), target="regression", set_size=None)
+    batched = predict_sets(model, ds, huge_min=10**9, progress=False)
+    calls = []
+    real = chunked.chunked_forward
+    monkeypatch.setattr(chunked, "chunked_forward", lambda m, x, *a, **k: calls.append(x.shape) or real(m, x, *a, **k))
+    fast = predict_sets(model, ds, huge_min=300, progress=False)
+    assert [s[1] for s in calls] == [400, 350]  # the two large sets, each alone
+    np.testing.assert_allclose(np.stack(fast), np.stack(batched), rtol=2e-4, atol=2e-5)

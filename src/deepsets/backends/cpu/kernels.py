@@ -309,7 +309,8 @@ RELU_IN, RELU_OUT, RESIDUAL = 1, 2, 4  # flags of norm_linear_forward
 
 
 def norm_linear_forward(x2d: torch.Tensor, offsets: np.ndarray, w, b, W, bias, eps: float, flags: int,
-                        stats_x: torch.Tensor | None, want_stats: bool = False, valid: torch.Tensor | None = None):
+                        stats_x: torch.Tensor | None, want_stats: bool = False, valid: torch.Tensor | None = None,
+                        out: torch.Tensor | None = None, want_gate: bool = True):
     """``y = [x +] act2(W act1(SN(x)) [+ bias])`` on rows ``x2d [T, D]``, ``W [N, D]``; ``flags``: ``RELU_IN``
     (ReLU after the norm), ``RELU_OUT`` (ReLU after the product), ``RESIDUAL`` (add ``x``; ``N == D``).
 
@@ -317,14 +318,15 @@ def norm_linear_forward(x2d: torch.Tensor, offsets: np.ndarray, w, b, W, bias, e
     needs; ``stats_x`` the float64 ``[2, B]`` mean and rstd of ``x`` (given or computed); ``stats_y`` those of
     ``y`` when ``want_stats`` (residual only), else None. ``valid``: optional contiguous bool ``[T]``; rows where
     it is False are padding (left out of the statistics, normalized to zero: their ``y`` is the bias).
+    ``out``: a contiguous ``[T, N]`` buffer for ``y`` (not ``x2d``); ``want_gate=False``: no gate (inference).
     """
     B, D = offsets.shape[0] - 1, x2d.shape[1]
     N = W.shape[0]
     have = stats_x is not None
     st_x = stats_x if have else torch.empty(2, B, dtype=torch.float64)
     st_y = torch.empty(2, B, dtype=torch.float64) if want_stats else None
-    y = torch.empty(x2d.shape[0], N, dtype=x2d.dtype)
-    gate = torch.empty(x2d.shape[0], N, dtype=torch.uint8) if flags & RELU_OUT else None
+    y = torch.empty(x2d.shape[0], N, dtype=x2d.dtype) if out is None else out
+    gate = torch.empty(x2d.shape[0], N, dtype=torch.uint8) if flags & RELU_OUT and want_gate else None
     rc = _lib(x2d.dtype).normlinear_forward(_gemm(x2d.dtype), _ptr(x2d), _ptr(offsets), _opt(valid), B, D, N,
                                             _ptr(w), _ptr(b), _ptr(W), _opt(bias), float(eps), int(flags),
                                             _ptr(st_x), int(have), _ptr(y), _opt(gate), _opt(st_y))
