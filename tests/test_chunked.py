@@ -88,8 +88,9 @@ def test_fast_path_equals_forward_and_generic(name, norm, dtype):
         torch.testing.assert_close(out, ref, **tol)
         torch.testing.assert_close(out, chunked_forward(model, x, mask, chunk_size=chunk, path="generic"), **tol)
     fast = huge.plan(model, x[0, :10].contiguous())
-    if norm == "set" and name.endswith("++"):
-        assert fast is not None  # the paper's deep models with set norm have a fast path
+    if norm != "set" or name.endswith("++"):
+        # element-wise norms (any wiring) and the paper's deep models with set norm have a fast path
+        assert fast is not None
         torch.testing.assert_close(chunked_forward(model, x, mask, chunk_size=77, path="fast"), ref, **tol)
     elif fast is None:
         with pytest.raises(ValueError, match="no fast path"):

@@ -21,7 +21,7 @@ Memory: one ``[n, H]`` activation buffer (updated in place) plus chunk temporari
 
 This is the generic path, for any family that declares ``encode_chunked`` / ``pool_chunked``. Where a model has
 one, :func:`chunked_forward` takes the fast path of :mod:`.huge` instead (clean-path Deep Sets++ and Set
-Transformer++ with set norm: one pass per layer, about the time of the forward's matrix products, memory bounded
+Transformer++ with set norm, and models with element-wise norms only: one pass per layer, about the time of the forward's matrix products, memory bounded
 by the input plus one ``[n, H]`` activation plus chunk temporaries, whatever the depth).
 """
 from __future__ import annotations
@@ -241,9 +241,10 @@ def chunked_forward(model, x: Tensor, mask: Tensor | None = None, chunk_size: in
     ``[B, out]``, or ``[B, N, out]`` with ``output="elements"``.
 
     ``path``: ``"auto"`` runs the fast path of :mod:`.huge` where the model has one (clean-path Deep Sets++ and
-    Set Transformer++ with set norm, float32/float64 on CPU with the kernels built: one pass per layer over one
-    in-place ``[n, H]`` activation, about the time of the forward's matrix products; memory: the input, one
-    ``[n, H]`` activation and chunk temporaries of at most ``min(chunk_size, 16384)`` rows) and the generic path
+    Set Transformer++ with set norm, float32/float64 on CPU with the kernels built; and every model of both
+    families whose norms act element-wise: none, layer, feature): one pass per layer over one in-place ``[n, H]``
+    activation, about the time of the forward's matrix products; memory: the input, one ``[n, H]`` activation
+    and chunk temporaries of at most ``min(chunk_size, 16384)`` rows, whatever the depth), and the generic path
     (this module) elsewhere; ``"fast"`` insists on the fast path (error where there is none); ``"generic"``
     always takes the generic path.
     """
