@@ -224,8 +224,31 @@ def test_ddp_step_budget_ending_mid_epoch(model, tmp_path):
     assert [r["step"] for r in rows] == [5, 7]
     assert all(np.isfinite(r["val_loss"]) for r in rows)
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "checkpoints" / "best.ckpt").is_file()
+    best = min(rows, key=lambda r: r["val_loss"])["step"]  # the final validation counts for best.ckpt too
+    assert torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)["global_step"] == best
     assert log.count("run folder:") == 1, log
     assert "Warning" not in log and "DistributedSampler" not in log and "Tip:" not in log, log  # nothing foreign
+
+
+@pytest.mark.parametrize("lr", ["3e-3", "3e-2"])
+def test_best_checkpoint_is_the_lowest_validation_loss_with_a_step_budget(lr, tmp_path):
+    """A step budget ending mid-epoch validates once more at the end; best.ckpt is the state of the row of
+    metrics.csv with the lowest validation loss, whichever it is (the final one included), also after a resume."""
+    out = tmp_path / "run"
+    args = ["train", "--task", "normal-var", "--model", "deepsets++", "--depth", "2", "--dim", "16", "--lr", lr,
+            "--batch-size", "4", "--set-size", "16", "--n-train", "40", "--n-test", "8", "--epochs", "100",
+            "--out", str(out), "--no-progress"]
+    finals = []
+    for extra in (["--max-steps", "22"], ["--resume", "--max-steps", "40"]):  # 9 steps per epoch
+        code, log = _cli(args + extra)
+        assert code == 0, log
+        rows = read_metrics(out / "metrics.csv")
+        best = min(rows, key=lambda r: r["val_loss"])
+        assert torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)["global_step"] == best["step"]
+        finals.append(best is rows[-1])
+    assert [r["step"] for r in rows] == [9, 18, 22, 27, 36, 40]
+    if lr == "3e-3":
+        assert finals[0], "this seed's loss still falls at the end of the budget: the final state is the best"
 
 
 def test_demo_runs_end_to_end_small(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import shutil
 import warnings
 from pathlib import Path
@@ -410,12 +411,16 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
              f"{trainer.global_step}); pass a larger --epochs or --max-steps with --resume to train further")
     if trainer.strategy.broadcast(bool(final), src=0):
         trainer.validate(module, datamodule=dm, verbose=False)
-        no_best = not (out / "checkpoints" / "best.ckpt").exists()  # no epoch finished: the final state is the best
+        val_loss = module.last_val["val_loss"]  # (record() consumes last_val)
         metrics_cb.record(trainer, module, module.last_val, metrics_cb.last_step_epoch)  # collective (reduces the training means); rank zero writes
         if trainer.is_global_zero:
             metrics_cb.plot()
-        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
-        if trainer.strategy.broadcast(no_best, src=0):
+        # best.ckpt is the final state when no epoch finished or when the final validation is the best one
+        improved = trainer.strategy.broadcast(final_is_best(trainer, val_loss, out / "checkpoints" / "best.ckpt"), src=0)
+        if improved:
+            mark_best(trainer, val_loss, out / "checkpoints" / "best.ckpt")
+        trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")  # holds the checkpoint callback's best score
+        if improved:
             trainer.save_checkpoint(out / "checkpoints" / "best.ckpt")
     from .loggers import close_loggers
 
@@ -426,6 +431,25 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
                "epochs_done": complete_epochs(trainer), "steps": trainer.global_step,
                "final": rows[-1] if rows else None, "best_val_loss": min((r["val_loss"] for r in rows), default=None)}
     return summary
+
+
+def final_is_best(trainer, val_loss: float, best: Path) -> bool:
+    """Whether the final validation of a step budget (after the last epoch's) beats the best one so far."""
+    score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    if not best.exists() or score is None:
+        return True
+    return math.isfinite(val_loss) and val_loss < float(score)
+
+
+def mark_best(trainer, val_loss: float, best: Path) -> None:
+    """Tell the checkpoint callback that ``best`` now holds the final state (so a resumed run compares with it)."""
+    cb = trainer.checkpoint_callback
+    if cb is None:
+        return
+    score = torch.tensor(float(val_loss))
+    cb.best_model_score, cb.best_model_path = score, str(best)
+    cb.best_k_models = {str(best): score}
+    cb.kth_best_model_path, cb.kth_value = str(best), score
 
 
 def complete_epochs(trainer) -> int:
