@@ -61,8 +61,9 @@ def compare(better: list[dict] | None, worse: list[dict] | None) -> str:
     (mb, sb, _), (mw, sw, _) = stats(better), stats(worse)
     sign = 1 if LOWER_IS_BETTER.get(metric, True) else -1
     holds = sign * (mw - mb) > 0
-    se = math.sqrt((0 if math.isnan(sb) else sb) ** 2 + (0 if math.isnan(sw) else sw) ** 2)
-    sep = se > 0 and abs(mw - mb) > 2 * se
+    if math.isnan(sb) or math.isnan(sw):
+        return ("holds" if holds else "reversed") + ", one seed (no error estimate)"
+    sep = abs(mw - mb) > 2 * math.sqrt(sb ** 2 + sw ** 2)
     return ("holds" if holds else "reversed") + (", separated" if sep else ", within noise")
 
 
