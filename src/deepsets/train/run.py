@@ -411,7 +411,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
              f"{trainer.global_step}); pass a larger --epochs or --max-steps with --resume to train further")
     if trainer.strategy.broadcast(bool(final), src=0):
         trainer.validate(module, datamodule=dm, verbose=False)
-        val_loss = module.last_val["val_loss"]  # (record() consumes last_val)
+        val_loss = module.last_val.get("val_loss", math.nan)  # (record() consumes last_val)
         metrics_cb.record(trainer, module, module.last_val, metrics_cb.last_step_epoch)  # collective (reduces the training means); rank zero writes
         if trainer.is_global_zero:
             metrics_cb.plot()
