@@ -1,6 +1,7 @@
 """The paper's three findings, checked on the finished runs of ``benchmarks/reproduce_cpu.sh``.
 
 Usage: python benchmarks/findings.py [--root benchmarks/reproduce] [--budget cpu] [--out benchmarks/findings-cpu.md]
+                                    [--tables benchmarks] [--figure docs/depth-cpu.png]
 
 Reads every ``ROOT/TABLE-BUDGET/runs/CELL-sSEED/results.json`` (one finished run each) and writes, per finding,
 the cells it compares: test value mean +- standard error over seeds, the seeds, the paper's number, and whether
@@ -11,6 +12,10 @@ standard error of their difference (Welch); with 3 seeds that is a rough screen,
    16 layers vs 2; the "++" models at the same depths for contrast.
 2. Clean-path residuals beat non-clean ones (Table 1: clean vs non-clean, per family and norm).
 3. Set norm beats layer norm (Table 1: set vs layer, per family and residual).
+
+``--tables DIR`` also writes both tables from the same runs (``DIR/table1-BUDGET-results.md``, ``table2-...``,
+in the paper's row order, by the package's own ``results_markdown``), whatever subset of tasks each reproduce
+command ran; ``--figure PATH`` draws Table 2's test error against depth.
 """
 from __future__ import annotations
 
@@ -94,11 +99,42 @@ def finding_rows(t1, t2) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def table_results(root: Path, table: str, budget: str) -> list[dict]:
+    """Every finished run of ``table``, ordered as the paper prints it (cell, then seed)."""
+    from deepsets.train.reproduce import cell_files
+
+    order = {f.stem: i for i, f in enumerate(cell_files(table))}
+    runs = []
+    for f in (root / f"{table}-{budget}" / "runs").glob("*/results.json"):
+        cell, _, seed = f.parent.name.rpartition("-s")
+        runs.append((order.get(cell, len(order)), int(seed), json.loads(f.read_text())))
+    return [r for *_, r in sorted(runs, key=lambda t: t[:2])]
+
+
+def write_tables(root: Path, budget: str, out_dir: Path | None, figure: Path | None) -> None:
+    from deepsets.train.reproduce import depth_figure, results_markdown
+
+    for table in ("table1", "table2"):
+        results = table_results(root, table, budget)
+        if not results:
+            continue
+        if out_dir is not None:
+            cmd = f"bash benchmarks/reproduce_cpu.sh (deepsets reproduce {table} --budget {budget} --executor local)"
+            md = results_markdown(table, budget, results, cmd)
+            (out_dir / f"{table}-{budget}-results.md").write_text(md)
+            print(f"wrote {out_dir / f'{table}-{budget}-results.md'} ({len(results)} runs)")
+        if table == "table2" and figure is not None:
+            depth_figure(results, figure, f"Table 2, {budget} budget ({len(results)} runs)")
+            print(f"wrote {figure}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default="benchmarks/reproduce")
     ap.add_argument("--budget", default="cpu")
     ap.add_argument("--out", default=None, help="also write the markdown here")
+    ap.add_argument("--tables", default=None, help="also write TABLE-BUDGET-results.md of both tables here")
+    ap.add_argument("--figure", default=None, help="also draw Table 2's test error against depth here")
     a = ap.parse_args()
     root = Path(a.root)
     t1, t2 = load(root, "table1", a.budget), load(root, "table2", a.budget)
@@ -123,6 +159,8 @@ def main():
     print(md)
     if a.out:
         Path(a.out).write_text(md)
+    if a.tables or a.figure:
+        write_tables(root, a.budget, Path(a.tables) if a.tables else None, Path(a.figure) if a.figure else None)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,12 @@ def plot_learning_curve(rows: list[dict], path: str | Path, metric: str = "mse",
 
 
 def plot_depth(cells: dict[tuple[str, str, int], list[float]], paper: dict[tuple[str, str, int], float | None],
-               metrics: dict[str, str], path: str | Path, title: str = "") -> None:
+               metrics: dict[str, str], path: str | Path, title: str = "",
+               mean_predictor: dict[str, float] | None = None) -> None:
     """Test metric against depth, one panel per task, one line per model family (mean +- s.e. over seeds),
-    with the paper's numbers as open markers. ``cells[(task, model, depth)]``: the seeds' values."""
+    with the paper's numbers as open markers. ``cells[(task, model, depth)]``: the seeds' values;
+    ``mean_predictor[task]``: the MSE of predicting the test labels' mean, drawn as a grey line (a collapsed
+    model sits on it)."""
     import math
 
     from ..models import list_models
@@ -75,6 +78,8 @@ def plot_depth(cells: dict[tuple[str, str, int], list[float]], paper: dict[tuple
             ref = [(d, p) for d, p in ref if p is not None]
             if ref:
                 ax.plot(*zip(*ref), "o--", mfc="none", ms=6, color=colors[m], alpha=0.6, lw=0.8)
+        if mean_predictor and task in mean_predictor:
+            ax.axhline(mean_predictor[task], color="grey", ls=":", lw=1, label="predict the mean")
         if metrics.get(task) == "MSE":  # errors span orders of magnitude across depths and families
             ax.set_yscale("log")
         ax.set_title(task), ax.set_xlabel("layers"), ax.set_ylabel(f"test {metrics.get(task, '')}")

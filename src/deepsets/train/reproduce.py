@@ -221,13 +221,16 @@ def depth_figure(results: list[dict], path: Path, title: str = "") -> bool:
     cells: dict[tuple, list[float]] = {}
     paper: dict[tuple, float | None] = {}
     metrics: dict[str, str] = {}
+    mean_predictor: dict[str, float] = {}
     for r in results:
         key = (r["task"], r["model"], r["depth"])
         cells.setdefault(key, []).append(reported_value(r))
         paper[key] = r["paper"].get("value")
         metrics[r["task"]] = r["paper"].get("metric", "")
+        if "label_variance" in r:
+            mean_predictor[r["task"]] = r["label_variance"]
     try:
-        plot_depth(cells, paper, metrics, path, title)
+        plot_depth(cells, paper, metrics, path, title, mean_predictor)
     except ImportError:  # matplotlib is optional (the plot extra)
         return False
     return True
