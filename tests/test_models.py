@@ -125,12 +125,19 @@ def test_every_parameter_gets_a_gradient(name, norm, residual):
     assert not missing, f"parameters outside the autograd graph: {missing}"
     zero = {n for n, p in model.named_parameters() if p.grad.abs().sum() == 0}
     # The one exception, inherent to the paper's architecture: with a single PMA seed the decoder's SABs attend
-    # over a set of one element, where softmax is constantly 1, so a clean-path SAB's query projection has an
-    # exactly zero gradient (in the non-clean wiring W_q also feeds the residual). num_seeds=2 removes it.
+    # over a set of one element, where softmax is constantly 1, so a clean-path SAB's query projection has a
+    # zero gradient (in the non-clean wiring W_q also feeds the residual). num_seeds=2 removes it. Zero up to
+    # float64 round-off: the backward of scaled_dot_product_attention leaves ~1e-18 there or exactly 0,
+    # depending on the CPU kernel it picks.
     expected_zero = set()
     if residual == "clean" and "settransformer" in name:
         expected_zero = {f"sabs.{i}.mab.attn.q.{w}" for i in range(3) for w in ("weight", "bias")}
-    assert zero == expected_zero, f"parameters with zero gradient: {sorted(zero)}"
+    assert zero <= expected_zero, f"parameters with zero gradient: {sorted(zero - expected_zero)}"
+    largest = max(p.grad.abs().max() for p in model.parameters())
+    params = dict(model.named_parameters())
+    not_zero = {n: params[n].grad.abs().max().item() for n in expected_zero}
+    not_zero = {n: g for n, g in not_zero.items() if g > 1e-12 * largest}
+    assert not not_zero, f"expected a zero gradient (single-element attention), found {not_zero}"
 
 
 def test_every_parameter_gets_a_gradient_with_two_pma_seeds():
