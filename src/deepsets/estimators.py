@@ -40,7 +40,8 @@ class _SetEstimator(BaseEstimator):
 
     def __init__(self, model: str = "deepsets++", depth: int | None = 4, epochs: int = 50, max_steps: int = -1,
                  lr: float = 1e-3, batch_size: int = 32, set_size: int | None = 1000, seed: int = 0,
-                 val_fraction: float = 0.1, out: str | None = None, verbose: bool = False, **model_options):
+                 val_fraction: float = 0.1, out: str | None = None, verbose: bool = False, weight_decay: float = 0.0,
+                 **model_options):
         self.model = model
         self.depth = depth
         self.epochs = epochs
@@ -52,6 +53,7 @@ class _SetEstimator(BaseEstimator):
         self.val_fraction = val_fraction
         self.out = out
         self.verbose = verbose
+        self.weight_decay = weight_decay
         self._model_options = dict(model_options)
         for k, v in model_options.items():
             setattr(self, k, v)
@@ -78,6 +80,7 @@ class _SetEstimator(BaseEstimator):
                           max_steps=self.max_steps, lr=self.lr, batch_size=self.batch_size,
                           set_size=self.set_size if self.set_size is not None else 0, seed=self.seed,
                           val_fraction=self.val_fraction, out=out, progress=bool(self.verbose),
+                          weight_decay=self.weight_decay,
                           model_options=extra, **fields)
         return cfg
 

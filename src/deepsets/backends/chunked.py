@@ -257,9 +257,13 @@ def chunked_forward(model, x: Tensor, mask: Tensor | None = None, chunk_size: in
     mask = model.check_input(x, mask)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    members = getattr(model, "members", None)
+    if members is not None:  # an ensemble: its preprocessing once, then each member, combined
+        x = model.prepare(x)
+        return model.combine([chunked_forward(m, x, mask, chunk_size, path) for m in members])
     outs = []
     for b in range(x.shape[0]):
-        xb = (x[b] if mask is None else x[b][mask[b]]).contiguous()
+        xb = model.prepare((x[b] if mask is None else x[b][mask[b]]).contiguous())
         fast = None if path == "generic" else huge.plan(model, xb)
         if fast is None and path == "fast":
             raise ValueError(f"chunked inference: no fast path for this model ({type(model).__name__}, "

@@ -16,7 +16,7 @@ classification and for the odd element's index (set anomaly). A task is a source
 (:mod:`deepsets.data.targets`) + defaults (:mod:`deepsets.data.tasks`, one file per task); sources read tables,
 AnnData, FCS folders, arrays and Python lists (:mod:`deepsets.data.sources`). See ``docs/data.md``.
 """
-from ._base import DataError, SetDataset, data_dir, subset_indices, subset_views
+from ._base import DataError, SetDataset, data_dir, resized, subset_indices, subset_views
 from .collate import collate_sets, pad_sets
 from .finite import check_before_training, check_finite
 from .flow_rbc import simulate_flow_rbc
@@ -52,4 +52,5 @@ __all__ = [
     "simulate_flow_rbc",
     "subset_indices",
     "subset_views",
+    "resized",
 ]

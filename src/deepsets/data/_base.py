@@ -27,6 +27,7 @@ __all__ = [
     "data_dir",
     "subset_indices",
     "subset_views",
+    "resized",
     "target_tensor",
     "check_class_labels",
     "check_regression_labels",
@@ -86,6 +87,39 @@ def subset_views(x, set_size: int, k: int, seed: int = 0) -> torch.Tensor:
         return t.unsqueeze(0)
     idx = np.stack([subset_indices(n, set_size, seed, j, 0) for j in range(k)])
     return t[torch.from_numpy(idx)]
+
+
+class Resized:
+    """A view of a dataset with every set cut to a random subset of ``set_size`` elements (a smaller set stays
+    whole), the same subset each time it is read: what the set-size generalisation report evaluates."""
+
+    def __init__(self, ds, set_size: int, seed: int = 0):
+        if set_size < 1:
+            raise ValueError(f"set sizes must be >= 1, got {set_size}")
+        self.ds, self.set_size, self.seed = ds, int(set_size), seed
+
+    def __getattr__(self, name):
+        return getattr(self.ds, name)
+
+    def __len__(self):
+        return len(self.ds)
+
+    def get_set(self, index: int, subsample: bool = True) -> np.ndarray:
+        x = self.ds.get_set(index, subsample=False)
+        return x[subset_indices(x.shape[0], self.set_size, self.seed, 0x51, index)]
+
+    def __getitem__(self, index: int):
+        x = self.get_set(index)
+        return torch.from_numpy(np.ascontiguousarray(x)), self.ds.target_of(index)
+
+
+def resized(ds, set_size: int, seed: int = 0):
+    """:class:`Resized` over a dataset or a (nested) torch ``Subset`` of one (the Subset's sets are kept)."""
+    from torch.utils.data import Subset
+
+    if isinstance(ds, Subset):
+        return Subset(resized(ds.dataset, set_size, seed), ds.indices)
+    return Resized(ds, set_size, seed)
 
 
 def check_class_labels(labels, num_classes: int | None, what: str, n_elements: int | None = None,

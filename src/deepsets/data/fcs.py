@@ -58,6 +58,8 @@ succeeds for a file whose DATA segment is missing (header/text only), so read th
 """
 from __future__ import annotations
 
+import re
+
 import io
 import warnings
 from dataclasses import dataclass
@@ -452,6 +454,20 @@ def read_fcs_file(path, *, events: bool = True) -> FCSFile:
         # when the events are not there
         arr = _decode_by_hand(buf, text, version, hdr, opts, p)
     return FCSFile(p, pnn, pns, arr, dict(text), version)
+
+
+_MASS_CYTOMETERS = ("cytof", "helios", "fluidigm", "standard biotools", "cyTOF xt".lower())
+_METAL_CHANNEL = re.compile(r"^\(?[A-Z][a-z]?\d{2,3}\)?D[id]$")  # Ir191Di, (Nd142)Dd: a mass channel
+
+
+def mass_cytometry(f: FCSFile) -> bool:
+    """Whether an FCS file comes from a mass cytometer: its ``$CYT`` keyword names one (CyTOF, Helios), or
+    most of its channels are metal isotopes (``Nd142Di``, ``(Ir191)Dd``)."""
+    cyt = str(f.text.get("cyt", "")).lower()
+    if any(name in cyt for name in _MASS_CYTOMETERS):
+        return True
+    metals = sum(bool(_METAL_CHANNEL.match(n.strip())) for n in f.pnn)
+    return metals >= max(2, len(f.pnn) // 2)
 
 
 def fcs_channels(path) -> tuple[list[str], list[str]]:

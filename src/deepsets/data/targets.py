@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ._base import DataError
 
-__all__ = ["TARGETS", "Target", "get_target", "infer_target", "target_of_loss"]
+__all__ = ["TARGETS", "Target", "explain_target", "get_target", "infer_target", "target_of_loss"]
 
 
 class Target:
@@ -186,18 +186,43 @@ def target_of_loss(loss: str) -> Target:
 
 
 def infer_target(labels) -> str:
-    """``classification`` for string or boolean labels, ``regression`` for numbers (the documented default)."""
+    """``classification`` for string or boolean labels and for labels with exactly two distinct values (0/1,
+    1.0/2.0, two strings), ``regression`` for other numbers (the documented default); see :func:`explain_target`."""
+    return explain_target(labels)[0]
+
+
+def explain_target(labels) -> tuple[str, str]:
+    """``(target, why)``: the target :func:`infer_target` picks for ``labels`` and the reason, in words."""
     a = np.asarray(labels, dtype=object) if not isinstance(labels, np.ndarray) else labels
-    if a.dtype.kind in "biufc":
-        return "classification" if a.dtype.kind == "b" else "regression"
+    if a.dtype.kind == "b":
+        return "classification", "the labels are booleans"
+    if a.dtype.kind in "iufc":
+        if a.ndim > 1 and a.shape[1:] != (1,) * (a.ndim - 1):
+            return "regression", "the labels are rows of numbers"
+        vals = a.ravel()
+        vals = vals[np.isfinite(vals)] if a.dtype.kind in "fc" else vals
+        if len(np.unique(vals)) == 2:
+            return "classification", "the labels have two distinct values"
+        return "regression", "the labels are numbers"
     vals = [v for v in a.ravel() if not _is_missing(v)]
     if any(isinstance(v, (bool, np.bool_)) for v in vals):
-        return "classification"
+        return "classification", "the labels are booleans"
+    rows = False
     for v in vals:
         if isinstance(v, (list, tuple, np.ndarray)):
+            rows = True
             continue
         try:
             float(v)
         except (TypeError, ValueError):
-            return "classification"
-    return "regression"
+            return "classification", "the labels are not all numbers"
+    if rows:
+        return "regression", "the labels are rows of numbers"
+    if len({_label_key(_number(v)) for v in vals}) == 2:
+        return "classification", "the labels have two distinct values"
+    return "regression", "the labels are numbers"
+
+
+def _number(v):
+    """A numeric label (a number or its text) as a float, so ``"1"``, ``1`` and ``1.0`` are one value."""
+    return float(v)

@@ -100,6 +100,10 @@ class DeepSets(SetModel):
     def pool(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.pooling(h, mask)
 
+    @property
+    def size_consistent(self) -> bool:
+        return self.config.pool != "sum" or self.config.output == "elements"
+
     def decode(self, z: Tensor) -> Tensor:
         return self.rho(z)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from .base import SetModel, SetModelConfig
+from .base import SetEnsemble, SetModel, SetModelConfig
 from .deepsets import DeepSets, DeepSetsConfig
 from .settransformer import SetTransformer, SetTransformerConfig
 
@@ -95,7 +95,12 @@ def create_model(name: str, in_dim: int, out_dim: int, backend: str = "auto", **
     from ..backends import apply
 
     config = model_config(name, in_dim, out_dim, **overrides)
-    return apply(get_preset(name).model_cls(config), backend)
+    return apply(build(get_preset(name).model_cls, config), backend)
+
+
+def build(model_cls: type[SetModel], config: SetModelConfig) -> SetModel:
+    """The model of a family for a config: one model, or a :class:`SetEnsemble` of ``config.ensemble``."""
+    return SetEnsemble(config, model_cls) if config.ensemble > 1 else model_cls(config)
 
 
 def model_from_config(config: SetModelConfig | dict, name: str | None = None, backend: str = "auto") -> SetModel:
@@ -105,7 +110,7 @@ def model_from_config(config: SetModelConfig | dict, name: str | None = None, ba
 
         for preset in _PRESETS.values():
             if isinstance(config, preset.config_cls):
-                return apply(preset.model_cls(config), backend)
+                return apply(build(preset.model_cls, config), backend)
         raise TypeError(f"no registered family for config type {type(config).__name__}")
     config = dict(config)
     name = config.pop("name", name)

@@ -97,11 +97,13 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def write_metrics(path: str | Path, rows: list[dict]) -> None:
+    """:data:`METRIC_COLUMNS`, then any other column the rows hold (``val_NAME`` of ``--metric NAME``)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
+    extra = list(dict.fromkeys(k for r in rows for k in r if k not in METRIC_COLUMNS))
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS + extra)
     w.writeheader()
     for r in rows:
-        w.writerow({k: r.get(k, "") for k in METRIC_COLUMNS})
+        w.writerow({k: r.get(k, "") for k in METRIC_COLUMNS + extra})
     try:
         atomic_write_text(path, buf.getvalue())
     except OSError as e:  # the previous file is untouched

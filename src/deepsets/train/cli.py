@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def add_source_flags(p, labels: bool = True) -> None:
@@ -84,10 +85,34 @@ def add_train_commands(sub) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="test data in any source format (default: the data the model was trained on)")
     p.add_argument("--task", help="(checked against the checkpoint's task)")
-    p.add_argument("--subsets", type=int, help="average predictions over this many random subsets per set")
+    add_subset_flags(p)
+    p.add_argument("--set-sizes", nargs="+", type=int, metavar="N",
+                   help="also evaluate with every set cut to each of these sizes (a random subset; smaller sets stay "
+                        "whole): the set-size generalisation report (table, JSON, plot)")
+    p.add_argument("--plot", metavar="FILE.png", help="with --set-sizes: the metric against the set size (default: "
+                                                       "beside --json as .png)")
     p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
     add_source_flags(p)
     p.set_defaults(func=_cmd_eval)
+
+
+def add_subset_flags(p) -> None:
+    """How sets larger than the model's training set size are predicted (eval, predict)."""
+    g = p.add_argument_group("sets larger than the training set size")
+    g.add_argument("--subsets", type=int, metavar="K", help="predict a set larger than the training set size as the "
+                   "mean over K random subsets of that size (default: 10 for sum-pooled models, whole sets for "
+                   "size-consistent poolings: mean, max, attention)")
+    g.add_argument("--subset-seed", type=int, default=0, metavar="S", help="seed of the random subsets (default 0)")
+    g.add_argument("--whole-sets", action="store_true", help="predict every set whole (exact chunked inference for "
+                   "large sets), whatever the pooling")
+
+
+def subsets_from_args(args) -> int | None:
+    if getattr(args, "whole_sets", False):
+        if args.subsets:
+            raise ValueError("--whole-sets and --subsets K contradict each other; give one")
+        return 0
+    return args.subsets
 
 
 def _add_training_flags(p) -> None:
@@ -156,6 +181,8 @@ def add_config_flags(p) -> None:
                 kw["choices"] = list(meta["choices"]())
             if "metavar" in meta:
                 kw["metavar"] = meta["metavar"]
+            if "nargs" in meta:
+                kw["nargs"] = meta["nargs"]
         g.add_argument(flag, **kw)
     g = groups.get(DATA, p)
     g.add_argument("--n-train", type=int, help="number of generated/simulated training sets")
@@ -229,6 +256,10 @@ def _cmd_cv(args) -> int:
     result = cross_validate(cfg, folds=args.folds, overwrite=args.overwrite, **executor_options(args))
     print(f"{result['metric']} {result['mean']:.4g} +- {result['se']:.2g} (mean +- s.e. over {args.folds} folds); "
           f"wrote {result['path']}")
+    others = [f"{name} {m['mean']:.4g} +- {m['se']:.2g}" for name, m in result.get("metrics", {}).items()
+              if name != result["metric"]]
+    if others:
+        print("other metrics: " + "; ".join(others))
     return 0
 
 
@@ -239,8 +270,12 @@ def _cmd_eval(args) -> int:
         hp_task = load_checkpoint(args.checkpoint).hparams["task"]
         if hp_task != args.task:
             raise ValueError(f"{args.checkpoint}: the checkpoint was trained on task {hp_task!r}, not {args.task!r}")
-    result = evaluate(args.checkpoint, data=args.data, subsets=args.subsets,
-                      task_options=source_options_from_args(args))
+    import sys
+
+    result = evaluate(args.checkpoint, data=args.data, subsets=subsets_from_args(args),
+                      task_options=source_options_from_args(args), seed=args.subset_seed, set_sizes=args.set_sizes,
+                      echo=lambda line: print(line, file=sys.stderr))
+    sizes = result.pop("set_sizes", None)
     from ..data import get_task
 
     if args.data is None and not get_task(result["task"]).paper:
@@ -249,6 +284,15 @@ def _cmd_eval(args) -> int:
         print("note: no --data: evaluated on the data the model was trained on (its test split where the data "
               "define one, else every set); pass --data TEST_FILE for held-out sets", file=sys.stderr)
     print(format_table(result))
+    if sizes:
+        from ..diagnostics.set_sizes import format_report, plot_report
+
+        result["set_sizes"] = sizes
+        print(format_report(sizes))
+        plot = args.plot or (str(Path(args.json_out).with_suffix(".png")) if args.json_out else None)
+        if plot:
+            plot_report(sizes, plot, title=f"{result['model']} on {args.data or 'its data'}")
+            print(f"wrote {plot}", file=sys.stderr)
     print(json.dumps(result))
     if args.json_out:
         write_json(args.json_out, result)
@@ -266,6 +310,7 @@ def add_experiment_commands(sub) -> None:
     add_source_flags(p, labels=False)
     p.add_argument("--key", help="HDF5 dataset key (default: the first of test_data, data, train_data, ...)")
     p.add_argument("--batch-size", type=int, default=64)
+    add_subset_flags(p)
     p.set_defaults(func=_cmd_predict)
 
     from .reproduce import BUDGETS, config_root
@@ -290,7 +335,8 @@ def _cmd_predict(args) -> int:
     from .predict import predict_file
 
     text, n = predict_file(args.checkpoint, args.input, args.output, batch_size=args.batch_size, key=args.key,
-                           **source_options_from_args(args))
+                           subsets=subsets_from_args(args), seed=args.subset_seed,
+                           echo=lambda line: print(line, file=sys.stderr), **source_options_from_args(args))
     if args.output:
         print(f"wrote {n} prediction{'s' if n != 1 else ''} to {args.output}")
     else:

@@ -63,6 +63,9 @@ def logger_names() -> list[str]:
     return list(LOGGERS)
 
 
+REGIMES = ("paper", "small", "auto")
+
+
 def int_or_str(v: str):
     return int(v) if v.isdigit() else v
 
@@ -105,12 +108,32 @@ class TrainConfig:
         "training epochs (default: the paper's for the task: 50; 30 for hematocrit)", group=OPTIM))
     max_steps: int = field(default=-1, metadata=cli("stop after this many optimizer steps (-1: no limit)",
                                                     group=OPTIM))
-    batch_size: int = field(default=64, metadata=cli("sets per batch", group=OPTIM))
-    lr: float = field(default=1e-4, metadata=cli("learning rate of Adam", group=OPTIM))
+    batch_size: int | None = field(default=None, metadata=cli(
+        "sets per batch (default: the regime's: 64 paper, 16 small)", group=OPTIM))
+    lr: float | None = field(default=None, metadata=cli(
+        "learning rate of Adam (default: the regime's: 1e-4 paper, 1e-3 small)", group=OPTIM))
+    weight_decay: float | None = field(default=None, metadata=cli(
+        "decoupled weight decay (AdamW; default: the regime's: 0 paper, small: see --regime)", group=OPTIM))
+    ensemble: int | None = field(default=None, metadata=cli(
+        "train this many members (seeds SEED, SEED+1, ...) saved and used as one model that averages their "
+        "probabilities / predictions (default: the regime's: 1 paper)", metavar="K", group=OPTIM))
+    regime: str | None = field(default=None, metadata=cli(
+        "training recipe for the unset flags: paper (the paper's settings), small (shallow, regularised, early "
+        "stopping: few sets), auto (your own data: small under 2,000 training sets, else paper; the paper's tasks: "
+        "paper)", choices=lambda: list(REGIMES), group=OPTIM))
     seed: int = field(default=0, metadata=cli("seed of the initialization, the validation split and the subsets",
                                               group=OPTIM))
     grad_clip: float | None = field(default=None, metadata=cli(
         "clip the gradient norm to this value (default: no clipping)", group=OPTIM))
+    metric: str | None = field(default=None, metadata=cli(
+        "choose the best epoch (best.ckpt) by this validation metric: {names}; cv reports it (default: the "
+        "validation loss; cv reports mse / accuracy)", names=lambda: __import__(
+            "deepsets.metrics", fromlist=["selection_names"]).selection_names(),
+        choices=lambda: __import__("deepsets.metrics", fromlist=["selection_names"]).selection_names(),
+        metavar="NAME", group=OPTIM))
+    patience: int | None = field(default=None, metadata=cli(
+        "stop training after this many validations without improvement of --metric (default: no early "
+        "stopping)", metavar="N", group=OPTIM))
     # data
     data: str | None = field(default=None, metadata=cli(
         "a table (.csv/.tsv/.parquet), .h5ad, folder of .fcs files, .npy/.h5, or a task's real-format file "
@@ -121,8 +144,17 @@ class TrainConfig:
         "one fixed subset per set (as the paper's code) instead of a fresh one per epoch", group=DATA))
     val_fraction: float = field(default=0.1, metadata=cli("share of the training sets held out for validation",
                                                           group=DATA))
-    eval_subsets: int = field(default=1, metadata=cli(
-        "at test time, average predictions over this many random subsets per set", group=DATA))
+    eval_subsets: int | None = field(default=None, metadata=cli(
+        "at test time, average predictions over this many random subsets of the training set size per set "
+        "larger than that (default: 1 for the paper's tasks; your own data: 10 when the model's pooling is not "
+        "size-consistent (sum), else whole sets)", metavar="K", group=DATA))
+    transform: list | None = field(default=None, metadata=cli(
+        "element transform stored in the model: arcsinh[:COFACTOR] | log1p | none, for every feature, then "
+        "FEATURE=SPEC for single ones (default: FCS input arcsinh, cofactor 150 for flow, 5 for mass cytometry; "
+        "else none)", nargs="+", metavar="SPEC", type=str, group=DATA))
+    standardize: bool = field(default=True, metadata=cli(
+        "do not standardise the features (your own data: each feature's mean and standard deviation over the "
+        "training elements, after --transform, stored in the model)", group=DATA))
     # passed to deepsets.data.load_task (n_train, set_column, ...); flags: --n-train, --n-test, the source flags
     task_options: dict = field(default_factory=dict, metadata=cli(flag=False))
     num_workers: int = field(default=0, metadata=cli("data-loading worker processes", group=DATA))

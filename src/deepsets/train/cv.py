@@ -3,10 +3,13 @@
 The task's training split is cut into ``K`` folds (``StratifiedKFold`` for classification, ``KFold``
 otherwise, shuffled with the config's seed; scikit-learn, the ``sklearn`` extra). Fold ``k`` trains in
 ``OUT/fold-k/`` on the other folds (holding out ``val_fraction`` of them for checkpoint selection, as ``train``
-does) and tests its best checkpoint on the held-out fold. ``OUT/cv.json`` holds ``metric``, ``folds`` (one value
-per fold), ``mean`` and ``se`` (standard error over folds); a fold whose ``result.json`` exists is not trained
-again, so an interrupted cross-validation continues where it stopped (the same command: ``OUT/cv-plan.json``
-records the folds and the config, and another plan in the same folder is refused unless ``--overwrite``).
+does) and tests its best checkpoint on the held-out fold. ``OUT/cv.json`` holds ``metric`` (``--metric``, else
+the target's default: ``mse`` / ``accuracy``), ``folds`` (one value per fold), ``mean`` and ``se`` (standard error
+over folds); ``metrics``: the same ``{"folds", "mean", "se"}`` for every metric of the target
+(:mod:`deepsets.metrics`); ``fold_sets``: the ids of each fold's test sets. A fold whose ``result.json`` exists is
+not trained again, so an interrupted cross-validation continues where it stopped (the same command:
+``OUT/cv-plan.json`` records the folds and the config, and another plan in the same folder is refused unless
+``--overwrite``).
 """
 from __future__ import annotations
 
@@ -54,13 +57,30 @@ def _plan(cfg: TrainConfig, folds: int, n_sets: int) -> dict:
     return json.loads(json.dumps({"folds": folds, "sets": n_sets, "config": c}, default=str))
 
 
+def _same_plan(saved: dict, plan: dict) -> bool:
+    """``saved == plan``, where a config field the saved plan lacks (one added in a later version) matches its
+    default value."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        return saved == plan
+    default = _plan(TrainConfig(), 0, 0)["config"]
+    filled = {**{k: v for k, v in plan["config"].items() if k not in saved["config"] and v == default.get(k)},
+              **saved["config"]}
+    return {**saved, "config": filled} == plan
+
+
+def fold_set_ids(ds, indices) -> list[str]:
+    """The ids of sets ``indices`` of ``ds`` as the data name them (``set_name``), else their index as text."""
+    name = getattr(ds, "set_name", None)
+    return [str(name(int(i))) if name is not None else str(int(i)) for i in indices]
+
+
 def run_fold(cfg: TrainConfig, k: int, train_idx: list[int], test_idx: list[int], fold_dir: str, full=None) -> dict:
     """Train fold ``k`` in ``fold_dir`` and test its best checkpoint on the held-out sets (cached in
     ``result.json``); ``full`` is the task's training split (loaded here when not given, e.g. in a job)."""
     from ..data import load_task
     from .guard import RunInterrupted
     from .io import atomic_write_text
-    from .run import evaluate_dataset, load_checkpoint, train
+    from .run import checkpoint_config, evaluate_dataset, load_checkpoint, train
 
     fold_dir = Path(fold_dir)
     done = fold_dir / "result.json"
@@ -78,7 +98,10 @@ def run_fold(cfg: TrainConfig, k: int, train_idx: list[int], test_idx: list[int]
                                        f"({fold_dir.parent}/fold-K/result.json); run the same deepsets cv command "
                                        f"again to continue") from None
     module = load_checkpoint(fold_dir / "checkpoints" / "best.ckpt")
-    r = evaluate_dataset(module, Subset(copy.copy(full), test_idx), cfg.eval_subsets, cfg.batch_size)
+    fold_cfg = checkpoint_config(module)  # as the fold trained (values a training regime chose included)
+    subsets = next((v for v in (cfg.eval_subsets, fold_cfg.eval_subsets) if v is not None), 1)
+    batch_size = next((v for v in (cfg.batch_size, fold_cfg.batch_size) if v is not None), 64)
+    r = evaluate_dataset(module, Subset(copy.copy(full), test_idx), subsets, batch_size)
     r.update({"fold": k, "train_sets": len(train_idx), "test_sets": len(test_idx)})
     atomic_write_text(done, json.dumps(r, indent=1))
     return r
@@ -97,7 +120,7 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = No
     from .run import resolve_task
 
     cfg = copy.deepcopy(cfg)
-    task = resolve_task(cfg, echo=echo)
+    task = resolve_task(cfg, echo=echo)  # (checks --metric against the target)
     out = Path(out or cfg.out or Path("runs") / f"cv-{task.name.rpartition(':')[2]}-{cfg.model}-s{cfg.seed}")
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):  # another cross-validation into OUT (--overwrite included) is refused while this one runs
@@ -115,11 +138,15 @@ def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bo
     from ..data._base import require_labels
 
     require_labels(full)
+    from ..data.sources import left_out_note
+
+    if (note := left_out_note(full)) is not None:  # FCS/.h5ad: time, event length, beads, ...
+        echo(note)
     targets = np.asarray([np.asarray(full.target_of(i)).reshape(-1)[0] for i in range(len(full))])
     stratify = task.target == "classification"
     splits = fold_splits(targets, folds, stratify, cfg.seed)
     plan, plan_path = _plan(cfg, folds, len(full)), out / "cv-plan.json"
-    if plan_path.is_file() and json.loads(plan_path.read_text()) != plan or \
+    if plan_path.is_file() and not _same_plan(json.loads(plan_path.read_text()), plan) or \
             not plan_path.is_file() and any(out.glob("fold-*")):
         if not overwrite:
             raise ValueError(f"{out} holds a cross-validation with other settings (folds, data or training "
@@ -130,7 +157,10 @@ def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bo
         for old in list(out.glob("fold-*")) + [out / "cv.json"]:
             shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
         atomic_write_text(plan_path, json.dumps(plan, indent=1))
-    metric = task.metric
+    from ..metrics import metric_names
+
+    metric = cfg.metric or task.metric
+    names = list(dict.fromkeys([*metric_names(task.target), metric]))
     jobs = [(cfg, k, tr.tolist(), te.tolist(), str(out / f"fold-{k}")) for k, (tr, te) in enumerate(splits)]
     rows: dict[int, dict] = {}
     t0 = time.time()
@@ -143,12 +173,17 @@ def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bo
     for k, r in run_jobs(run_fold, jobs if not here else [(*j, full) for j in jobs], executor, out / "jobs",
                          parallel, slurm, cached=cached):
         rows[k] = r
-        echo(f"fold {k + 1}/{len(splits)}: {metric} {r[metric]:.4g} ({r['test_sets']} test sets) "
+        echo(f"fold {k + 1}/{len(splits)}: {metric} {r.get(metric, math.nan):.4g} ({r['test_sets']} test sets) "
              f"[{(time.time() - t0) / 60:.1f} min]")
     rows = [rows[k] for k in sorted(rows)]
-    values = [r[metric] for r in rows]
-    mean, se = mean_se(values)
-    result = {"metric": metric, "folds": values, "mean": mean, "se": se, "k": len(splits),
+    metrics = {}
+    for name in names:  # a fold of an earlier version may lack the newer metrics: NaN
+        values = [float(r.get(name, math.nan)) for r in rows]
+        mean, se = mean_se(values)
+        metrics[name] = {"folds": values, "mean": mean, "se": se}
+    values, mean, se = metrics[metric]["folds"], metrics[metric]["mean"], metrics[metric]["se"]
+    result = {"metric": metric, "folds": values, "mean": mean, "se": se, "metrics": metrics,
+              "fold_sets": [fold_set_ids(full, te) for _, te in splits], "k": len(splits),
               "stratified": stratify, "task": cfg.task, "model": cfg.model, "seed": cfg.seed,
               "details": rows, "config": cfg.to_dict()}
     path = out / "cv.json"

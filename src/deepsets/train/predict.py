@@ -34,10 +34,60 @@ def set_names(ds) -> list[str]:
     return [str(i) for i in range(len(ds))]
 
 
+#: random subsets per set when a set larger than the training set size is predicted by subsets (default)
+DEFAULT_SUBSETS = 10
+
+
+def subset_plan(model, subsets: int | None = None) -> tuple[int, int | None]:
+    """``(K, m)``: sets larger than ``m`` elements are predicted as the mean over ``K`` random subsets of ``m``
+    elements, or ``(0, None)``: every set whole.
+
+    ``subsets=None`` (the default) uses subsets only where whole-set prediction is outside what the model learned:
+    a model trained on subsets of ``m = config.trained_set_size`` elements whose pooling is not size-consistent
+    (sum pooling; mean, max and attention pooling are size-consistent), with :data:`DEFAULT_SUBSETS` subsets.
+    ``subsets=0``: whole sets always; ``subsets=K``: ``K`` subsets of the training size for larger sets."""
+    m = getattr(model.config, "trained_set_size", None)
+    if m is None or subsets == 0:
+        return 0, None
+    if subsets is None:
+        return (DEFAULT_SUBSETS, m) if not model.size_consistent else (0, None)
+    if subsets < 0:
+        raise ValueError(f"subsets must be >= 0, got {subsets}")
+    return int(subsets), m
+
+
+def describe_plan(model, subsets: int | None = None) -> str:
+    """One line saying how sets are predicted (printed by eval and predict)."""
+    k, m = subset_plan(model, subsets)
+    if k:
+        why = ("its sum pooling grows with the set size" if not model.size_consistent and subsets is None
+               else "as asked")
+        return (f"prediction: sets larger than the training set size ({m:,} elements) are predicted as the mean over "
+                f"{k} random subsets of {m:,} elements ({why}); --whole-sets uses whole sets")
+    trained = getattr(model.config, "trained_set_size", None)
+    why = ("its pooling is size-consistent" if model.size_consistent else "as asked") if trained else         "the model was trained on whole sets"
+    return f"prediction: whole sets ({why}; exact chunked inference for large sets)"
+
+
+def _combine_subsets(model, outs: torch.Tensor, classify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The mean over subsets (of probabilities for a classifier, returned as log-probabilities so that a softmax
+    gives them back) and the spread (sd over subsets, of probabilities for a classifier)."""
+    outs = outs.double()
+    if classify:
+        p = torch.softmax(outs, -1)
+        return p.mean(0).log().float().numpy(), p.std(0, unbiased=len(p) > 1).float().numpy()
+    return outs.mean(0).float().numpy(), outs.std(0, unbiased=len(outs) > 1).float().numpy()
+
+
 @torch.no_grad()
 def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
-                 chunk_size: int = 65_536, progress: bool | None = None, huge_min: int = 32_768) -> list[np.ndarray]:
-    """Model output for every set of ``ds``, whole sets (no subsampling). Sets are batched up to
+                 chunk_size: int = 65_536, progress: bool | None = None, huge_min: int = 32_768,
+                 subsets: int | None = None, seed: int = 0, classify: bool = False,
+                 spread: list | None = None) -> list[np.ndarray]:
+    """Model output for every set of ``ds``: whole sets, or for a set larger than the model's training set size,
+    the mean over random subsets of that size where :func:`subset_plan` says so (``subsets``, ``seed``; with
+    ``classify`` the mean of probabilities, as log-probabilities; ``spread``, a list, receives each set's sd over
+    subsets, zeros for sets predicted whole). Sets are batched up to
     ``batch_size`` sets or ``max_elements`` padded elements, whichever comes first; a set larger than
     ``max_elements`` is evaluated alone and exactly in chunks of ``chunk_size`` elements (bounded memory,
     see :func:`deepsets.models.chunked_forward`). A set of at least ``huge_min`` elements also runs alone when the
@@ -46,10 +96,12 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
     overlaps computing); ``progress``: a progress bar with sets and cells per second (None: on a terminal only)."""
     from ..backends import huge
     from ..backends.chunked import chunked_forward
-    from ..data import pad_sets
+    from ..data import pad_sets, subset_views
     from ..nn.masking import check_nonempty
 
     model.eval()
+    ds = Picked.of(ds)
+    k_subsets, m_subsets = subset_plan(model, subsets)
     outs: list[np.ndarray] = []
     batch: list[torch.Tensor] = []
     first_index = 0
@@ -78,6 +130,8 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
         else:
             y = model(x, mask).float()
         outs.extend(y.numpy())
+        if spread is not None:
+            spread.extend(np.zeros_like(y.numpy()))
         first_index += len(batch)
         batch = []
 
@@ -89,6 +143,21 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
         if x.shape[-1] != model.config.in_dim:
             raise DataError(f"{source}: {label(i)} has {x.shape[-1]} features per element but the model "
                             f"expects {model.config.in_dim}")
+        if k_subsets and len(x) > m_subsets:  # the mean over random subsets of the training size
+            flush()
+            if not torch.isfinite(x).all():
+                j = int((~torch.isfinite(x).all(-1)).nonzero()[0])
+                raise DataError(f"{source}: {label(i)} holds NaN or infinite feature values (expected finite "
+                                f"numbers; first at element {j})")
+            views = subset_views(x, m_subsets, k_subsets, seed=seed)
+            per = max(1, max_elements // m_subsets)
+            y = torch.cat([model(views[j:j + per]).float() for j in range(0, len(views), per)])
+            mean, sd = _combine_subsets(model, y, classify)
+            outs.append(mean)
+            if spread is not None:
+                spread.append(sd)
+            first_index += 1
+            continue
         if len(x) >= huge_min and huge.plan(model, x) is not None:
             flush()
             batch.append(x)
@@ -100,6 +169,34 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
     flush()
     bar.close()
     return outs
+
+
+class Picked:
+    """The sets ``indices`` of a dataset, as the dataset reads them (what a torch ``Subset`` selects)."""
+
+    def __init__(self, base, indices):
+        self.base, self.indices = base, [int(i) for i in indices]
+        self.source = getattr(base, "source", "")
+
+    @classmethod
+    def of(cls, ds):
+        from torch.utils.data import Subset
+
+        if not isinstance(ds, Subset):
+            return ds
+        from .run import unwrap
+
+        return cls(*unwrap(ds))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def get_set(self, index: int, subsample: bool = True):
+        return self.base.get_set(self.indices[index], subsample=subsample)
+
+    def set_label(self, index: int) -> str:
+        i = self.indices[index]
+        return self.base.set_label(i) if hasattr(self.base, "set_label") else f"set {i}"
 
 
 def prefetched(ds):
@@ -132,18 +229,26 @@ def _progress(total: int, enabled):
     return bar
 
 
-def predictions_csv(names: list[str], outputs: list[np.ndarray], target, classes=None) -> str:
+def predictions_csv(names: list[str], outputs: list[np.ndarray], target, classes=None, spread=None) -> str:
     """One row per set: ``set`` then the target's columns (``prediction``; ``predicted_class`` + ``p_<label>``;
-    ``odd_element`` + ``probability``)."""
+    ``odd_element`` + ``probability``); with ``spread`` (the sd over subsets, per set), ``prediction_sd`` /
+    ``p_<label>_sd`` columns after them."""
     from ..data.targets import get_target
 
     target = get_target(target)
     buf = io.StringIO()
     w = csv.writer(buf)
     out_dim = outputs[0].shape[-1] if outputs else 1
-    w.writerow(["set"] + target.csv_header(out_dim, classes))
-    for n, o in zip(names, outputs):
-        w.writerow([n] + target.csv_row(o, classes))
+    header = target.csv_header(out_dim, classes)
+    sd_header = []
+    if spread is not None:
+        sd_header = [h + "_sd" for h in header if h != "predicted_class"]
+    w.writerow(["set"] + header + sd_header)
+    for i, (n, o) in enumerate(zip(names, outputs)):
+        row = [n] + target.csv_row(o, classes)
+        if spread is not None:
+            row += [f"{v:.6g}" for v in np.atleast_1d(spread[i])]
+        w.writerow(row)
     return buf.getvalue()
 
 
@@ -151,8 +256,13 @@ def predictions_csv(names: list[str], outputs: list[np.ndarray], target, classes
 PREDICT_OPTIONS = ("set_column", "features", "channels", "channel_map", "layer", "no_header", "key")
 
 
-def predict_file(checkpoint, input_path, output=None, batch_size: int = 64, **options) -> tuple[str, int]:
+def predict_file(checkpoint, input_path, output=None, batch_size: int = 64, subsets: int | None = None,
+                 seed: int = 0, echo=None, **options) -> tuple[str, int]:
     """Predict every set of ``input_path``; returns (CSV text, number of sets) and writes ``output`` if given.
+
+    Sets larger than the model's training set size are predicted as :func:`subset_plan` says (``subsets``: ``None``
+    the model's default, ``0`` whole sets, ``K`` subsets; ``seed`` of the subsets); ``echo`` receives the line
+    that says which.
 
     ``options`` are the source's layout options (``set_column``, ``features``/``channels``, ``channel_map``,
     ``layer``, ``no_header``, ``key``); those not given are the training run's, and the features default to the
@@ -180,8 +290,12 @@ def predict_file(checkpoint, input_path, output=None, batch_size: int = 64, **op
     if ds.in_dim != module.model.config.in_dim:
         raise DataError(f"{input_path}: sets have {ds.in_dim} features per element but the checkpoint's model "
                         f"expects {module.model.config.in_dim}")
-    outs = predict_sets(module.model, ds, batch_size=batch_size)
-    text = predictions_csv(set_names(ds), outs, module.target, info.get("classes"))
+    if echo is not None:
+        echo(describe_plan(module.model, subsets))
+    spread = [] if subset_plan(module.model, subsets)[0] else None
+    outs = predict_sets(module.model, ds, batch_size=batch_size, subsets=subsets, seed=seed,
+                        classify=module.target.name == "classification", spread=spread)
+    text = predictions_csv(set_names(ds), outs, module.target, info.get("classes"), spread)
     if output:
         out = Path(output)
         if out.exists() and out.is_dir():

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import DataError, check_before_training, collate_sets, get_task, load_task
 from ..data._base import loader_timeout, require_labels
-from ..data.targets import infer_target
+from ..data.targets import explain_target
 from .callbacks import AtomicCheckpointIO, MetricsCSV, NonFiniteLossError, SubsetEpoch, read_metrics
 from .config import TrainConfig
 from .loggers import make_logger
@@ -61,15 +61,17 @@ def resolve_task(cfg: TrainConfig, echo=print):
             if reader.labels is None:
                 raise DataError(f"{cfg.data}: no labels found (give --label-column, or --labels FILE with columns "
                                 f"set,label); training needs a label per set")
-            cfg.target = infer_target(reader.labels)
-            kinds = {"classification": "not all numbers", "regression": "numbers"}
-            echo(f"target: {cfg.target} (the labels are {kinds[cfg.target]}; pass --target to choose)")
+            cfg.target, why = explain_target(reader.labels)
+            echo(f"target: {cfg.target} ({why}; pass --target to choose)")
             cfg.task = cfg.target
         else:
             cfg.task = "normal-var"
     task = get_task(cfg.task)
     if cfg.target is not None and cfg.target != task.target:
         raise ValueError(f"--target {cfg.target} does not match task {task.name!r}, whose target is {task.target}")
+    from ..metrics import check_selection
+
+    check_selection(getattr(cfg, "metric", None), task.target)  # --metric: one of the target's (or loss)
     return task
 
 
@@ -121,17 +123,29 @@ def describe_dataset(ds, n_sets: int | None = None) -> dict:
     classes = getattr(ds, "classes", None)
     feats = getattr(ds, "feature_names", None) or getattr(ds, "channel_names", None)
     return {"in_dim": int(ds.in_dim), "out_dim": int(ds.out_dim), "num_classes": ds.num_classes,
+            "set_size": getattr(ds, "set_size", None),
             "source": str(getattr(ds, "source", "")), "sets": len(ds) if n_sets is None else int(n_sets),
             "classes": None if classes is None else [plain(c) for c in classes],
             "features": None if feats is None else [str(f) for f in feats]}
 
 
 def model_kwargs(cfg: TrainConfig, info: dict) -> dict:
-    """``create_model`` arguments: the task's sizes, pooling and output kind + the config's overrides."""
+    """``create_model`` arguments: the task's sizes, pooling and output kind + the config's overrides, and for your
+    own data the preprocessing (``info["transform"]``, standardisation), the training set size and the ensemble."""
     from ..models import preset_default
 
     task = get_task(cfg.task)
     kw = {"in_dim": info["in_dim"], "out_dim": info["out_dim"], "output": task.output, **cfg.model_options}
+    if info.get("set_size"):
+        kw["trained_set_size"] = int(info["set_size"])
+    if not task.paper:
+        if info.get("transform"):
+            kw["transform"] = list(info["transform"])
+        if cfg.standardize:
+            kw["standardize"] = True
+    if (cfg.ensemble or 1) > 1:
+        kw.update(ensemble=int(cfg.ensemble),
+                  combine="probabilities" if task.target == "classification" else "mean")
     for k in ("depth", "dim", "norm", "residual", "pool"):
         if getattr(cfg, k) is not None:
             kw[k] = getattr(cfg, k)
@@ -215,14 +229,27 @@ def default_out(cfg: TrainConfig) -> str:
     return str(Path("runs") / f"{task}-{cfg.model}-d{depth}-s{cfg.seed}")
 
 
+def monitored(cfg: TrainConfig) -> str:
+    """What picks the best epoch (and stops early with ``--patience``): ``val_loss``, or ``val_select`` for
+    ``--metric NAME`` (the metric, negated where higher is better: lower is better for both; see SetModule)."""
+    return "val_select" if cfg.metric not in (None, "loss") else "val_loss"
+
+
 def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, extra_callbacks=(),
                   resume: bool = False) -> pl.Trainer:
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min",
+    monitor = monitored(cfg)
+    ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="min",
                            save_last=True, save_top_k=1, every_n_epochs=cfg.eval_every,
                            save_on_train_epoch_end=True, enable_version_counter=False,
                            save_on_exception=False)  # last.ckpt stays the end of the last complete epoch
+    if cfg.patience is not None:
+        if cfg.patience < 1:
+            raise ValueError(f"--patience must be at least 1 (validations without improvement), got {cfg.patience}")
+        # a NaN value (ROC AUC of a one-class validation set) counts as no improvement, it does not stop the run
+        extra_callbacks = [EarlyStopping(monitor=monitor, mode="min", patience=cfg.patience, check_finite=False,
+                                         verbose=False), *extra_callbacks]
     epochs = cfg.epochs if cfg.epochs is not None else get_task(cfg.task).epochs
     return pl.Trainer(
         max_epochs=epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
@@ -366,15 +393,37 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
     dm = SetDataModule(cfg, dataset)
     dm.setup("fit")
     check_before_training(dm.train_set, dm.val_set, None if dataset is not None else lambda: dm.load("test"))
+    if not resume:
+        from .regime import resolve_regime
+
+        cfg = resolve_regime(cfg, task, len(dm.train_set) + len(dm.val_set), echo=quiet)
+        dm.cfg = cfg
+    base, idx = unwrap(dm.train_set)
+    if not task.paper:
+        from .preprocessing import resolve_transform, summary
+
+        specs, why = resolve_transform(cfg.transform, dm.info.get("features") or range(dm.info["in_dim"]), base)
+        dm.info["transform"] = specs
+        quiet(summary(specs, dm.info.get("features"), cfg.standardize, why))
     kw = model_kwargs(cfg, dm.info)
     module = SetModule(cfg.model, kw, cfg.task, task.target, cfg.lr, train_config=cfg.to_dict(),
-                       data_info=dm.info)
-    base, idx = unwrap(dm.train_set)
+                       data_info=dm.info, weight_decay=cfg.weight_decay or 0.0)
+    if not resume and not task.paper:
+        from .preprocessing import fit_to_training_sets
+
+        largest = fit_to_training_sets(module.model, dm.train_set)
+        if largest:  # the checkpoint rebuilds the model from these
+            module.hparams["model_kwargs"]["trained_set_size"] = largest
     if task.scale_output and task.target == "regression" and hasattr(base, "targets") and not resume:
-        init_output_scale(module.model, np.asarray(base.targets)[idx])
+        for member in getattr(module.model, "members", [module.model]):
+            init_output_scale(member, np.asarray(base.targets)[idx])
     if not task.paper and dm.info.get("features") and not launched_worker():
         feats = dm.info["features"]
         echo(f"features ({len(feats)}): {', '.join(feats[:12])}{' ...' if len(feats) > 12 else ''}")
+        from ..data.sources import left_out_note
+
+        if (note := left_out_note(dm.train_set)) is not None:  # FCS/.h5ad: time, event length, beads, ...
+            echo(note)
     if not launched_worker() and (not resume or TrainConfig.load(out / "config.yaml") != cfg):
         try:  # on resume: only when this resumption changed something
             cfg.save(out / "config.yaml")
@@ -411,7 +460,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
              f"{trainer.global_step}); pass a larger --epochs or --max-steps with --resume to train further")
     if trainer.strategy.broadcast(bool(final), src=0):
         trainer.validate(module, datamodule=dm, verbose=False)
-        val_loss = module.last_val.get("val_loss", math.nan)  # (record() consumes last_val)
+        val_loss = module.last_monitored if module.last_val else math.nan  # the checkpoints' monitored quantity
         metrics_cb.record(trainer, module, module.last_val, metrics_cb.last_step_epoch)  # collective (reduces the training means); rank zero writes
         if trainer.is_global_zero:
             metrics_cb.plot()
@@ -434,15 +483,19 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
 
 
 def final_is_best(trainer, val_loss: float, best: Path) -> bool:
-    """Whether the final validation of a step budget (after the last epoch's) beats the best one so far."""
+    """Whether the final validation of a step budget (after the last epoch's) beats the best one so far;
+    ``val_loss`` is the value of the monitored quantity (:func:`monitored`: lower is better)."""
     score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     if not best.exists() or score is None:
+        return True
+    if math.isfinite(val_loss) and not math.isfinite(float(score)):  # a NaN best (one-class ROC AUC) is beaten
         return True
     return math.isfinite(val_loss) and val_loss < float(score)
 
 
 def mark_best(trainer, val_loss: float, best: Path) -> None:
-    """Tell the checkpoint callback that ``best`` now holds the final state (so a resumed run compares with it)."""
+    """Tell the checkpoint callback that ``best`` now holds the final state (so a resumed run compares with it);
+    ``val_loss`` is the value of the monitored quantity."""
     cb = trainer.checkpoint_callback
     if cb is None:
         return
@@ -538,17 +591,34 @@ def checkpoint_config(module) -> TrainConfig:
     return TrainConfig.from_dict(hp["train_config"]) if hp.get("train_config") else TrainConfig(task=hp["task"])
 
 
-def evaluate_dataset(module, ds, subsets: int = 1, batch_size: int = 64) -> dict:
-    """``{"sets", "loss", METRIC[, "label_variance"]}`` of a model on a labeled dataset (or Subset)."""
+def evaluate_dataset(module, ds, subsets: int | None = None, batch_size: int = 64, seed: int = 0) -> dict:
+    """``{"sets", "loss", METRIC[, "label_variance"], OTHER METRICS}`` of a model on a labeled dataset (or Subset).
+
+    The other metrics are every metric of the target (:mod:`deepsets.metrics`: ``accuracy``,
+    ``balanced_accuracy``, ``roc_auc``, ``log_loss`` / ``mse``, ``mae``, ``r2``); none for per-element targets.
+
+    Your own data are predicted on whole sets, or on ``subsets`` random subsets of the training size per larger
+    set (:func:`deepsets.train.predict.subset_plan`; ``None``: the model's default; ``seed``: of the subsets); the
+    paper's tasks average ``subsets`` (default 1) subsets of the task's set size, as the paper evaluates."""
     base, idx = unwrap(ds)
     require_labels(base)
     if base.in_dim != module.model.config.in_dim:
         raise ValueError(f"{getattr(base, 'source', 'data')}: sets have {base.in_dim} features but the checkpoint's "
                          f"model expects {module.model.config.in_dim}")
     target = module.target
-    out = predict_dataset(module.model, ds, batch_size, subsets)
-    items = [ds[i] for i in range(len(ds))]
-    ys = torch.stack([y for _, y in items])
+    own = target.output != "elements" and not get_task(module.hparams["task"]).paper
+    if own:  # your own data: whole sets, or the mean over subsets of the training size (predict.subset_plan)
+        from .predict import predict_sets
+
+        outs = predict_sets(module.model, ds, batch_size=batch_size, subsets=subsets, seed=seed,
+                            classify=target.name == "classification", progress=False)
+        out = torch.from_numpy(np.stack(outs)) if outs else torch.zeros(0, base.out_dim)
+        ys = torch.stack([base.target_of(int(i)) for i in idx])
+        items = None
+    else:
+        out = predict_dataset(module.model, ds, batch_size, subsets or 1)
+        items = [ds[i] for i in range(len(ds))]
+        ys = torch.stack([y for _, y in items])
     mask = None
     if target.output == "elements":
         mask = torch.zeros(out.shape[:2], dtype=torch.bool)
@@ -559,15 +629,24 @@ def evaluate_dataset(module, ds, subsets: int = 1, batch_size: int = 64) -> dict
     if target.metric == "mse":  # the MSE of always predicting the test labels' mean
         ys_f = ys.float().view_as(out)
         result["label_variance"] = ((ys_f - ys_f.mean()) ** 2).mean().item()
+    if target.output != "elements":
+        from ..metrics import set_metrics
+
+        for name, value in set_metrics(target.name, out.numpy(), ys.numpy()).items():
+            result.setdefault(name, value)  # the task's metric keeps the loss function's value
     return result
 
 
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", subsets: int | None = None,
-             batch_size: int = 64, task_options: dict | None = None) -> dict:
+             batch_size: int = 64, task_options: dict | None = None, seed: int = 0, set_sizes=None,
+             echo=None) -> dict:
     """Test metrics of a checkpoint on the task's test split (offline default or ``data``).
 
     With ``data``, the layout options the model was trained with (set and label columns, features, layer, ...)
-    are kept and ``task_options`` may override them; classes keep the training order.
+    are kept and ``task_options`` may override them; classes keep the training order. ``subsets`` and ``seed``:
+    how sets larger than the training set size are predicted (see :func:`evaluate_dataset`); ``echo`` receives the
+    line that says which. ``set_sizes``: also the metrics with every set cut to each of these sizes (a random
+    subset; smaller sets stay whole), under ``"set_sizes"``: the set-size generalisation report.
     """
     module = load_checkpoint(checkpoint)
     hp = module.hparams
@@ -584,6 +663,14 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
     opts.update(task_options or {})
     classes = (hp.get("data_info") or {}).get("classes")
     task = get_task(hp["task"])
+    source = data if data is not None else cfg.data
+    features = (hp.get("data_info") or {}).get("features")
+    if not task.paper and isinstance(source, (str, Path)) and features and "features" not in opts \
+            and "channels" not in opts:
+        from ..data.sources import source_for
+
+        if source_for(source).name in ("fcs", "h5ad"):  # the model's channels, by name (as predict does)
+            opts["features"] = list(features)
     if classes is not None and task.classes is None:
         opts["classes"] = classes
     ds = load_task(hp["task"], split, data=data if data is not None else cfg.data, set_size=cfg.set_size,
@@ -591,7 +678,19 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
     k = subsets if subsets is not None else cfg.eval_subsets
     result = {"checkpoint": str(checkpoint), "task": hp["task"], "model": hp["model"],
               "depth": module.model.config.depth, "split": split, "subsets": k}
-    result.update(evaluate_dataset(module, ds, k, batch_size))
+    if not task.paper:
+        from .predict import describe_plan
+
+        line = describe_plan(module.model, k)
+        result["prediction"] = line.partition(": ")[2]
+        if echo is not None:
+            echo(line)
+    result.update(evaluate_dataset(module, ds, k, batch_size, seed))
+    if set_sizes:
+        from ..data import resized
+
+        result["set_sizes"] = [{"set_size": int(n), **evaluate_dataset(module, resized(ds, int(n), seed), k,
+                                                                       batch_size, seed)} for n in set_sizes]
     return result
 
 

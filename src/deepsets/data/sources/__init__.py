@@ -35,7 +35,7 @@ from .._base import DataError, SetDataset, check_exists
 from ..targets import Classification, get_target, infer_target
 
 __all__ = ["Source", "sources", "SetReader", "SourceDataset", "open_source", "parse_channel_map", "source_options_of", "read_labels_file",
-           "select_features", "source_for"]
+           "select_features", "source_for", "measurement_channels", "is_non_measurement", "left_out_note"]
 
 
 class SetReader:
@@ -245,6 +245,64 @@ def select_features(names: Sequence[str], wanted: Sequence | None, path, alt_nam
     return idx
 
 
+#: channels that are not measurements of the cells, left out of FCS and .h5ad features unless named with
+#: ``features``/``channels``: names equal, ignoring case, spaces, ``_``, ``-`` and ``.``, to one of these (the
+#: acquisition time, the event length and event counters of flow and mass cytometers)
+NON_MEASUREMENT_NAMES = ("time", "eventlength", "celllength", "event", "event#", "eventcount", "eventnumber",
+                         "eventno")
+#: ... or holding a word ``bead``/``beads``/``barcode`` (optionally numbered: ``Bead1``, ``140Ce_Beads``,
+#: ``Barcode_3``): calibration beads and sample barcodes. Short barcode names (``BC1``) are kept: too ambiguous.
+NON_MEASUREMENT_WORDS = r"(beads?|barcodes?)\d*"
+
+
+def is_non_measurement(name) -> bool:
+    """Whether a channel named ``name`` is time, event length/count, beads or a barcode (see
+    :data:`NON_MEASUREMENT_NAMES`, :data:`NON_MEASUREMENT_WORDS`)."""
+    import re
+
+    text = str(name or "").strip().lower()
+    if not text:
+        return False
+    if re.sub(r"[\s_\-.]+", "", text) in NON_MEASUREMENT_NAMES:
+        return True
+    return any(re.fullmatch(NON_MEASUREMENT_WORDS, w) for w in re.split(r"[^a-z0-9#]+", text) if w)
+
+
+def measurement_channels(names: Sequence[str], path, alt_names: Sequence[str] = (), expect_dim: int | None = None,
+                         channel_map=None, what: str = "channel") -> tuple[list[int], list[str]]:
+    """The default features of an FCS file or ``.h5ad``: ``(indices, left out names)``: every channel except
+    the ones that are not measurements (:func:`is_non_measurement` of its name, after ``channel_map``, or of
+    its ``alt_names`` entry, e.g. FCS ``$PnS``). If nothing else is left, every channel is kept. ``expect_dim``
+    checks the number kept."""
+    cmap = parse_channel_map(channel_map)
+    mapped = [cmap.get(n, n) for n in names]
+    alt = list(alt_names) + [""] * (len(names) - len(alt_names))
+    drop = [is_non_measurement(n) or is_non_measurement(a) for n, a in zip(mapped, alt)]
+    if all(drop):
+        drop = [False] * len(names)
+    idx = [j for j, d in enumerate(drop) if not d]
+    left_out = [str(names[j]) for j, d in enumerate(drop) if d]
+    if expect_dim is not None and len(idx) != expect_dim:
+        more = f" (left out as not measurements: {left_out})" if left_out else ""
+        raise DataError(f"{path}: has {len(idx)} {what}s {[mapped[j] for j in idx]}{more} but the task needs "
+                        f"{expect_dim}; choose them with channels=[...] (--channels on the command line)")
+    return idx, left_out
+
+
+def left_out_note(ds) -> str | None:
+    """One line naming the channels a dataset (or ``Subset``) left out by default, or ``None``."""
+    for _ in range(8):  # a (nested) torch Subset: its dataset
+        if hasattr(ds, "left_out") or not hasattr(ds, "dataset"):
+            break
+        ds = ds.dataset
+    names = list(getattr(ds, "left_out", None) or [])
+    if not names:
+        return None
+    s = "s" if len(names) != 1 else ""
+    return (f"left out {len(names)} channel{s} that {'are' if s else 'is'} not a measurement: {', '.join(names)} "
+            f"(name the channels to use with --channels)")
+
+
 # ---------------------------------------------------------------------------------------------- dataset
 class SourceDataset(SetDataset):
     """A :class:`SetReader` with its labels encoded for a target kind: what train/eval/predict use.
@@ -252,7 +310,7 @@ class SourceDataset(SetDataset):
     Args:
         reader: the sets.
         target: ``"regression"``, ``"classification"`` or ``None`` (inferred from the labels: classification
-            for string or boolean labels, regression otherwise).
+            for string or boolean labels and labels with two distinct values, regression otherwise).
         classes: the classes, in output order (classification); ``None`` = the sorted unique labels. A model
             trained on some classes evaluates other data with the same list.
         task: the task name recorded on the dataset.
@@ -264,6 +322,7 @@ class SourceDataset(SetDataset):
         super().__init__(**kw)
         self.reader, self.task, self.source = reader, task, reader.source
         self.feature_names = list(reader.feature_names)
+        self.left_out = list(getattr(reader, "left_out", None) or [])  # channels that are not measurements
         self.has_test_split = reader.has_test_split
         self.in_dim = len(self.feature_names)
         labels = reader.labels

@@ -3,9 +3,11 @@
 Needs the optional dependency ``flowio`` (``pip install 'deepsets[cytometry]'``); decoding, and the vendor quirks
 it handles, are in :mod:`deepsets.data.fcs`. Channels are chosen by name with ``features``/``channels`` (matched
 against ``$PnN``, then ``$PnS``; a duplicated name must be unique in the other list); without them every channel
-is used. ``channel_map={"FSC-A": "volume"}`` renames a file's channels before they are matched. Labels come from
-``labels.csv`` in the folder, or ``labels=FILE``: columns ``set,label`` (``set`` = file stem, file name or path
-relative to the folder; ``file,label`` also works) and optionally ``split``. Without a ``split`` column,
+is used except those that are not measurements (time, event length and count, beads, barcodes: see
+:func:`deepsets.data.sources.measurement_channels`; ``left_out`` names them). ``channel_map={"FSC-A": "volume"}``
+renames a file's channels before they are matched. Labels come from ``labels.csv`` in the folder, or
+``labels=FILE``: columns ``set,label`` (``set`` = file stem, file name or path relative to the folder;
+``file,label`` also works) and optionally ``split``. Without a ``split`` column,
 subfolders ``train/`` and ``test/`` are the splits if both exist, else every file is in every split. Files are
 read when their set is accessed; a file that cannot be read gets one line naming it and the reason.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._base import DataError, check_exists
-from . import SetReader, Source, labels_from_file, read_labels_file, select_features
+from . import SetReader, Source, labels_from_file, measurement_channels, read_labels_file, select_features
 
 
 def _fcs():
@@ -60,10 +62,15 @@ class FCSFolderReader(SetReader):
         self.labels_source = str(lab_path) if lab_path.exists() else None
         self._label_args = (lab_path, split, all_names)
         self.channel_map = parse_channel_map(channel_map)
+        self.left_out: list[str] = []
         if files:
             pnn, pns = _fcs().fcs_channels(files[0])
-            self._idx = select_features(pnn, features, files[0], alt_names=pns, expect_dim=expect_dim,
-                                        channel_map=self.channel_map)
+            if features is None:  # every channel that is a measurement (not time, event length, beads, ...)
+                self._idx, self.left_out = measurement_channels(pnn, files[0], alt_names=pns, expect_dim=expect_dim,
+                                                                channel_map=self.channel_map)
+            else:
+                self._idx = select_features(pnn, features, files[0], alt_names=pns, expect_dim=expect_dim,
+                                            channel_map=self.channel_map)
             if features is not None:
                 self.feature_names = [str(c) for c in features]
             else:
@@ -71,6 +78,7 @@ class FCSFolderReader(SetReader):
         else:
             self.feature_names = [str(c) for c in features or []]
         self._wanted = list(features) if features is not None else None
+        self.mass_cytometry = bool(files) and _fcs().mass_cytometry(_fcs().read_fcs_file(files[0], events=False))
 
     def _rel(self, f: Path) -> str:
         return f.relative_to(self.folder).as_posix() if f.is_relative_to(self.folder) else f.name
@@ -95,8 +103,11 @@ class FCSFolderReader(SetReader):
         fcs = _fcs()
         f = self.files[index]
         data = fcs.read_fcs_file(f)
-        idx = select_features(data.pnn, self._wanted, f, alt_names=data.pns, channel_map=self.channel_map,
-                              expect_dim=len(self.feature_names) if self._wanted is None else None)
+        if self._wanted is None:
+            idx = measurement_channels(data.pnn, f, alt_names=data.pns, expect_dim=len(self.feature_names),
+                                       channel_map=self.channel_map)[0]
+        else:
+            idx = select_features(data.pnn, self._wanted, f, alt_names=data.pns, channel_map=self.channel_map)
         return np.asarray(data.events[:, idx], dtype=np.float32)
 
 

@@ -4,7 +4,8 @@ Read directly with ``h5py`` (``anndata`` is not needed). The data are ``X`` or, 
 (``--layer``), ``layers/NAME`` (files often keep their data only in a layer); either may be dense or sparse
 (``csr_matrix``; ``csc_matrix`` is refused with advice). ``obs``/``var`` columns may be plain arrays, strings or
 categoricals (anndata >= 0.8 ``categories``/``codes`` groups, or the older ``__categories`` layout). Features are
-``var`` names (``features``/``channels``; default: every column). Labels come from ``obs[label_column]``
+``var`` names (``features``/``channels``; default: every column except those that are not measurements, as for
+FCS: time, event length, beads, barcodes; ``left_out`` names them). Labels come from ``obs[label_column]``
 (default ``label`` when present; constant within a set) or a labels file; ``obs[split_column]`` (default
 ``split`` when present) selects train/test cells. Rows are read per set when the set is accessed.
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from .._base import DataError, open_h5
 from ..finite import SLAB_BYTES, NonFinite
-from . import SetReader, Source, labels_from_file, select_features
+from . import SetReader, Source, labels_from_file, measurement_channels, select_features
 
 
 def _decode(a):
@@ -117,7 +118,13 @@ class H5ADReader(SetReader):
             var_names = h5ad_var_names(f, path)
             if len(var_names) != shape[1]:
                 raise DataError(f"{path}: /{self.key} has {shape[1]} columns but var has {len(var_names)} names")
-            self._idx = select_features(var_names, features, path, expect_dim=expect_dim, channel_map=channel_map)
+            self.left_out: list[str] = []
+            if features is None:  # every var that is a measurement (not time, event length, beads, ...)
+                self._idx, self.left_out = measurement_channels(var_names, path, expect_dim=expect_dim,
+                                                                channel_map=channel_map)
+            else:
+                self._idx = select_features(var_names, features, path, expect_dim=expect_dim,
+                                            channel_map=channel_map)
             from . import parse_channel_map
 
             cmap = parse_channel_map(channel_map)

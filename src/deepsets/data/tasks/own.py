@@ -1,9 +1,10 @@
 """Your own sets: ``regression`` and ``classification`` read any source of :mod:`deepsets.data.sources`.
 
 ``deepsets train --data PATH --target regression|classification`` (or no ``--target``: classification for string
-or boolean labels, regression otherwise). Sets larger than ``set_size`` (1000) are subsampled afresh each epoch in
-training; evaluation and prediction see whole sets. Regression starts its output layer at the training targets'
-mean and standard deviation, so labels in any units (ages, concentrations) train at the default learning rate.
+or boolean labels and for labels with two distinct values, regression otherwise). Sets larger than ``set_size``
+(1000) are subsampled afresh each epoch in training; evaluation and prediction see whole sets. Regression starts
+its output layer at the training targets' mean and standard deviation, so labels in any units (ages,
+concentrations) train at the default learning rate.
 """
 from __future__ import annotations
 
