@@ -10,7 +10,10 @@ with the same Lightning training as ``deepsets train`` (validation hold-out, bes
     clf.predict(test_sets), clf.predict_proba(test_sets), clf.classes_
 
 Constructor arguments: ``model``, ``depth``, ``epochs``, ``max_steps``, ``lr``, ``batch_size``, ``set_size``,
-``seed``, ``val_fraction``, ``out`` (a run folder to keep; default a temporary one), ``verbose``, and any
+``seed``, ``val_fraction``, ``out`` (a run folder to keep; default a temporary one), ``verbose``, ``weight_decay``,
+``ensemble`` (K members, one model), ``patience`` (early stopping), ``regime`` (``auto``: the recipe of
+``deepsets train --regime``, which fills every argument left at ``None``), ``standardize`` and ``transform`` (the
+model's own preprocessing), ``subsets`` (how sets larger than the training size are predicted), and any
 ``create_model`` keyword (``dim``, ``norm``, ``residual``, ``pool``, ``heads``, ``num_inducing``, ...).
 scikit-learn is an optional dependency (``pip install 'deepsets[sklearn]'``).
 """
@@ -38,10 +41,12 @@ _MODEL_FIELDS = ("depth", "dim", "norm", "residual", "pool")
 class _SetEstimator(BaseEstimator):
     _target = ""
 
-    def __init__(self, model: str = "deepsets++", depth: int | None = 4, epochs: int = 50, max_steps: int = -1,
-                 lr: float = 1e-3, batch_size: int = 32, set_size: int | None = 1000, seed: int = 0,
-                 val_fraction: float = 0.1, out: str | None = None, verbose: bool = False, weight_decay: float = 0.0,
-                 **model_options):
+    def __init__(self, model: str = "deepsets++", depth: int | None = None, epochs: int | None = None,
+                 max_steps: int = -1, lr: float | None = None, batch_size: int | None = None,
+                 set_size: int | None = 1000, seed: int = 0, val_fraction: float = 0.1, out: str | None = None,
+                 verbose: bool = False, weight_decay: float | None = None, ensemble: int | None = None,
+                 patience: int | None = None, regime: str = "auto", standardize: bool = True, transform=None,
+                 subsets: int | None = None, **model_options):
         self.model = model
         self.depth = depth
         self.epochs = epochs
@@ -54,6 +59,12 @@ class _SetEstimator(BaseEstimator):
         self.out = out
         self.verbose = verbose
         self.weight_decay = weight_decay
+        self.ensemble = ensemble
+        self.patience = patience
+        self.regime = regime
+        self.standardize = standardize
+        self.transform = transform
+        self.subsets = subsets
         self._model_options = dict(model_options)
         for k, v in model_options.items():
             setattr(self, k, v)
@@ -80,7 +91,10 @@ class _SetEstimator(BaseEstimator):
                           max_steps=self.max_steps, lr=self.lr, batch_size=self.batch_size,
                           set_size=self.set_size if self.set_size is not None else 0, seed=self.seed,
                           val_fraction=self.val_fraction, out=out, progress=bool(self.verbose),
-                          weight_decay=self.weight_decay,
+                          weight_decay=self.weight_decay, ensemble=self.ensemble, patience=self.patience,
+                          regime=self.regime, standardize=self.standardize,
+                          transform=None if self.transform is None else (
+                              [self.transform] if isinstance(self.transform, str) else list(self.transform)),
                           model_options=extra, **fields)
         return cfg
 
@@ -127,10 +141,11 @@ class _SetEstimator(BaseEstimator):
 
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
         ds = self._dataset(X)
-        ds.set_size = None  # predictions use whole sets
+        ds.set_size = None  # whole sets, or subsets of the training size where the pooling needs them
         if ds.in_dim != self.n_features_in_:
             raise ValueError(f"X has {ds.in_dim} features per element; the model was fitted on {self.n_features_in_}")
-        return np.stack(predict_sets(self.module_.model, ds))
+        return np.stack(predict_sets(self.module_.model, ds, subsets=self.subsets, seed=self.seed, progress=False,
+                                     classify=self._target == "classification"))
 
 
 class SetRegressor(RegressorMixin, _SetEstimator):

@@ -145,6 +145,9 @@ def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bo
     targets = np.asarray([np.asarray(full.target_of(i)).reshape(-1)[0] for i in range(len(full))])
     stratify = task.target == "classification"
     splits = fold_splits(targets, folds, stratify, cfg.seed)
+    from .regime import resolve_regime
+
+    cfg = resolve_regime(cfg, task, min(len(tr) for tr, _ in splits), echo=echo)  # said once, the same every fold
     plan, plan_path = _plan(cfg, folds, len(full)), out / "cv-plan.json"
     if plan_path.is_file() and not _same_plan(json.loads(plan_path.read_text()), plan) or \
             not plan_path.is_file() and any(out.glob("fold-*")):

@@ -53,3 +53,36 @@ def resolve_regime(cfg, task, n_sets: int, echo=print):
         echo(f"regime: {regime} ({why}): {settings}")
     cfg.regime = regime
     return cfg
+
+
+#: torch threads per training process in the small regime: a small model's matrix products are too short to gain
+#: from a second thread, and on a busy machine threads that wait for each other cost far more than they give
+SMALL_THREADS = 1
+
+
+class threads:
+    """``with threads(n):`` torch's intra-op threads set to ``n`` (unchanged for ``None``), restored on exit."""
+
+    def __init__(self, n: int | None):
+        self.n, self.before = n, None
+
+    def __enter__(self):
+        import torch
+
+        if self.n is not None:
+            self.before = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.before is not None:
+            torch.set_num_threads(self.before)
+        return False
+
+
+def threads_of(cfg) -> int | None:
+    """The thread count a run of this (resolved) config uses: :data:`SMALL_THREADS` for the small regime on the
+    CPU, else torch's default."""
+    return SMALL_THREADS if cfg.regime == "small" and cfg.accelerator in ("cpu", "auto") else None

@@ -241,9 +241,13 @@ def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, ext
 
     monitor = monitored(cfg)
     ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode="min",
-                           save_last=True, save_top_k=1, every_n_epochs=cfg.eval_every,
-                           save_on_train_epoch_end=True, enable_version_counter=False,
-                           save_on_exception=False)  # last.ckpt stays the end of the last complete epoch
+                           save_last=False, save_top_k=1, every_n_epochs=cfg.eval_every,
+                           save_on_train_epoch_end=True, enable_version_counter=False, save_on_exception=False)
+    # last.ckpt: every validated epoch (Lightning's save_last writes it only when best.ckpt is written too) and
+    # stays the end of the last complete epoch; after ``ckpt``, so it holds the best score of that epoch
+    last = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                           every_n_epochs=cfg.eval_every, save_on_train_epoch_end=True,
+                           enable_version_counter=False, save_on_exception=False)
     if cfg.patience is not None:
         if cfg.patience < 1:
             raise ValueError(f"--patience must be at least 1 (validations without improvement), got {cfg.patience}")
@@ -255,7 +259,7 @@ def build_trainer(cfg: TrainConfig, out: Path, metric_name: str, title: str, ext
         max_epochs=epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator, devices=cfg.devices,
         strategy=cfg.strategy, num_nodes=cfg.num_nodes, precision=cfg.precision,
         gradient_clip_val=cfg.grad_clip, check_val_every_n_epoch=cfg.eval_every,
-        callbacks=[SubsetEpoch(), MetricsCSV(out, metric_name, title, resume), ckpt, *extra_callbacks],
+        callbacks=[SubsetEpoch(), MetricsCSV(out, metric_name, title, resume), ckpt, last, *extra_callbacks],
         plugins=[AtomicCheckpointIO()], logger=make_logger(cfg.logger, cfg.logger_uri, out),
         enable_progress_bar=cfg.progress,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=out,
@@ -398,6 +402,9 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
 
         cfg = resolve_regime(cfg, task, len(dm.train_set) + len(dm.val_set), echo=quiet)
         dm.cfg = cfg
+    from .regime import threads, threads_of
+
+    run.enter_context(threads(threads_of(cfg)))
     base, idx = unwrap(dm.train_set)
     if not task.paper:
         from .preprocessing import resolve_transform, summary
