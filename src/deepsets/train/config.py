@@ -132,8 +132,8 @@ class TrainConfig:
         choices=lambda: __import__("deepsets.metrics", fromlist=["selection_names"]).selection_names(),
         metavar="NAME", group=OPTIM))
     patience: int | None = field(default=None, metadata=cli(
-        "stop training after this many validations without improvement of --metric (default: no early "
-        "stopping)", metavar="N", group=OPTIM))
+        "stop training after this many validations without improvement of --metric (or of the validation loss) "
+        "(default: the regime's; paper: no early stopping)", metavar="N", group=OPTIM))
     # data
     data: str | None = field(default=None, metadata=cli(
         "a table (.csv/.tsv/.parquet), .h5ad, folder of .fcs files, .npy/.h5, or a task's real-format file "

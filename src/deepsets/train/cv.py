@@ -99,7 +99,8 @@ def run_fold(cfg: TrainConfig, k: int, train_idx: list[int], test_idx: list[int]
                                        f"again to continue") from None
     module = load_checkpoint(fold_dir / "checkpoints" / "best.ckpt")
     fold_cfg = checkpoint_config(module)  # as the fold trained (values a training regime chose included)
-    subsets = next((v for v in (cfg.eval_subsets, fold_cfg.eval_subsets) if v is not None), 1)
+    # (None: evaluate_dataset's default: whole sets, or the model's subsets of its training size)
+    subsets = next((v for v in (cfg.eval_subsets, fold_cfg.eval_subsets) if v is not None), None)
     batch_size = next((v for v in (cfg.batch_size, fold_cfg.batch_size) if v is not None), 64)
     r = evaluate_dataset(module, Subset(copy.copy(full), test_idx), subsets, batch_size)
     r.update({"fold": k, "train_sets": len(train_idx), "test_sets": len(test_idx)})

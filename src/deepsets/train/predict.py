@@ -290,11 +290,11 @@ def predict_file(checkpoint, input_path, output=None, batch_size: int = 64, subs
     if ds.in_dim != module.model.config.in_dim:
         raise DataError(f"{input_path}: sets have {ds.in_dim} features per element but the checkpoint's model "
                         f"expects {module.model.config.in_dim}")
-    if echo is not None:
-        echo(describe_plan(module.model, subsets))
     spread = [] if subset_plan(module.model, subsets)[0] else None
     outs = predict_sets(module.model, ds, batch_size=batch_size, subsets=subsets, seed=seed,
                         classify=module.target.name == "classification", spread=spread)
+    if echo is not None:  # said once the prediction went through
+        echo(describe_plan(module.model, subsets))
     text = predictions_csv(set_names(ds), outs, module.target, info.get("classes"), spread)
     if output:
         out = Path(output)

@@ -136,9 +136,9 @@ def model_kwargs(cfg: TrainConfig, info: dict) -> dict:
 
     task = get_task(cfg.task)
     kw = {"in_dim": info["in_dim"], "out_dim": info["out_dim"], "output": task.output, **cfg.model_options}
-    if info.get("set_size"):
-        kw["trained_set_size"] = int(info["set_size"])
     if not task.paper:
+        if info.get("set_size"):
+            kw["trained_set_size"] = int(info["set_size"])
         if info.get("transform"):
             kw["transform"] = list(info["transform"])
         if cfg.standardize:
@@ -690,9 +690,9 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
 
         line = describe_plan(module.model, k)
         result["prediction"] = line.partition(": ")[2]
-        if echo is not None:
-            echo(line)
     result.update(evaluate_dataset(module, ds, k, batch_size, seed))
+    if not task.paper and echo is not None:  # said once the evaluation went through
+        echo(line)
     if set_sizes:
         from ..data import resized
 
