@@ -506,13 +506,14 @@ def test_folder_of_real_instrument_files_trains_and_predicts(fcs_dir, tmp_path, 
         rows.append(f"s{i:02d},{10 + i}")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     run = tmp_path / "run"
-    tiny = ["--depth", "2", "--dim", "8", "--batch-size", "4", "--set-size", "128", "--no-progress"]
+    tiny = ["--depth", "2", "--dim", "8", "--batch-size", "4", "--set-size", "128", "--pool", "sum", "--no-progress"]
     assert main(["train", "--data", str(folder), "--channels", "FSC-A", "SSC-A", "--epochs", "1", "--out", str(run),
                  *tiny]) == 0
     ckpt = str(run / "checkpoints" / "best.ckpt")
     assert main(["predict", "--checkpoint", ckpt, "--input", str(folder), "--output", str(tmp_path / "p.csv")]) == 0
     lines = (tmp_path / "p.csv").read_text().splitlines()
-    assert lines[0] == "set,prediction" and [ln.split(",")[0] for ln in lines[1:]] == [f"s{i:02d}"
+    # sum pooling, trained on subsets of 128 events: the larger files are predicted by subsets, with their spread
+    assert lines[0] == "set,prediction,prediction_sd" and [ln.split(",")[0] for ln in lines[1:]] == [f"s{i:02d}"
                                                                                          for i in range(len(picked))]
     shutil.copy(_file(fcs_dir, CORRUPTED), folder / "zz_bad.fcs")
     capsys.readouterr()

@@ -88,7 +88,7 @@ class TrainConfig:
         "--data; normal-var without --data)", names=task_names, group=DATA))
     target: str | None = field(default=None, metadata=cli(
         "your own sets: what to predict per set (no --task needed; default: classification for string or boolean "
-        "labels, regression otherwise)", choices=target_names, group=DATA))
+        "labels and labels with two distinct values, regression otherwise)", choices=target_names, group=DATA))
     # model overrides (None: the preset's paper default; pool None: the task's pooling for Deep Sets)
     model: str = field(default="deepsets++", metadata=cli(
         "a registered model (deepsets models lists them)", choices=model_names, group=MODEL))
