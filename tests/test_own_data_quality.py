@@ -205,3 +205,36 @@ def test_the_regime_is_printed_and_follows_the_data():
     mine = resolve_regime(TrainConfig(task="classification", lr=0.05, regime="small"), own, 90, echo=said.append)
     assert mine.lr == 0.05 and mine.dim == RECIPES["small"]["dim"]  # a flag the user gives always wins
     assert resolve_regime(mine, own, 90, echo=said.append) == mine  # resolving again changes nothing
+
+
+# ------------------------------------------------------------------------------------------------ tune
+def test_tune_is_nested_and_keeps_the_cv_contract(tmp_path, capsys):
+    """Each outer fold's trials are scored on its training sets only; tune.json has cv.json's keys."""
+    pytest.importorskip("optuna")
+    import json
+
+    import pandas as pd
+
+    from deepsets.cli import main
+    from deepsets.train.tune import SPACE
+
+    rng = np.random.default_rng(0)
+    rows = [(f"p{i:02d}", i % 2, *(rng.normal(size=2) + (i % 2))) for i in range(12) for _ in range(8)]
+    pd.DataFrame(rows, columns=["patient", "y", "a", "b"]).to_csv(tmp_path / "t.csv", index=False)
+    out = tmp_path / "tune"
+    assert main(["tune", "--folds", "2", "--inner-folds", "2", "--trials", "2", "--data", str(tmp_path / "t.csv"),
+                 "--set-column", "patient", "--label-column", "y", "--epochs", "1", "--depth", "2",
+                 "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "tune.json").read_text())
+    for key in ("metric", "folds", "mean", "se", "metrics", "fold_sets", "best_params", "recommended"):
+        assert key in res, key
+    assert res["metric"] == "accuracy" and len(res["folds"]) == 2 and "nested" in printed
+    assert "depth" not in res["searched"] and {"dim", "lr", "pool"} <= set(res["searched"])  # a given flag is fixed
+    for k, detail in enumerate(res["details"]):
+        assert not set(detail["inner_sets"]) & set(res["fold_sets"][k])  # trials never saw the outer test sets
+        assert len(detail["trials"]) == 2
+        for name, value in detail["best_params"].items():
+            kind, *args = SPACE[name]
+            assert value in args[0] if kind == "categorical" else args[0] <= value <= args[1]
+    assert sorted(s for f in res["fold_sets"] for s in f) == [f"p{i:02d}" for i in range(12)]

@@ -79,6 +79,19 @@ def add_train_commands(sub) -> None:
     add_executor_flags(p)
     p.set_defaults(func=_cmd_cv)
 
+    p = sub.add_parser("tune", help="hyperparameter search (Optuna) scored by nested cross-validation -> OUT/tune.json",
+                       description="For each outer fold, an Optuna study searches the settings not given as flags "
+                                   "(depth, dim, lr, weight decay, batch size, pooling), each scored by inner "
+                                   "cross-validation on the outer fold's training sets only; the best is tested on "
+                                   "the held-out fold. The 'tune' extra (Optuna).")
+    p.add_argument("--folds", type=int, default=5, help="outer folds (default 5)")
+    p.add_argument("--inner-folds", type=int, default=3, help="inner folds scoring each trial (default 3)")
+    p.add_argument("--trials", type=int, default=20, help="settings tried per outer fold (default 20)")
+    p.add_argument("--overwrite", action="store_true", help="replace a search with other settings in --out")
+    _add_training_flags(p)
+    add_executor_flags(p)
+    p.set_defaults(func=_cmd_tune)
+
     p = sub.add_parser("eval", help="test metrics of a checkpoint (table + JSON)",
                        description="Test metrics of a checkpoint on the task's test split, or on --data in any "
                                    "source format (the training run's set/label columns and features are kept).")
@@ -260,6 +273,19 @@ def _cmd_cv(args) -> int:
               if name != result["metric"]]
     if others:
         print("other metrics: " + "; ".join(others))
+    return 0
+
+
+def _cmd_tune(args) -> int:
+    from .tune import tune
+
+    cfg = config_from_args(args)
+    result = tune(cfg, folds=args.folds, inner_folds=args.inner_folds, trials=args.trials, overwrite=args.overwrite,
+                  **executor_options(args))
+    print(f"{result['metric']} {result['mean']:.4g} +- {result['se']:.2g} (nested: mean +- s.e. over "
+          f"{result['k']} outer folds, each tuned on its training sets only); wrote {result['path']}")
+    if result["recommended"]:
+        print("most often best: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in result["recommended"].items()))
     return 0
 
 
