@@ -309,9 +309,9 @@ def _cmd_eval(args) -> int:
 
         print("note: no --data: evaluated on the data the model was trained on (its test split where the data "
               "define one, else every set); pass --data TEST_FILE for held-out sets", file=sys.stderr)
-    print(format_table(result))
+    print(format_table({k: v for k, v in result.items() if k != "prediction"}))  # (said on stderr)
     if sizes:
-        from ..diagnostics.set_sizes import format_report, plot_report
+        from .set_sizes import format_report, plot_report
 
         result["set_sizes"] = sizes
         print(format_report(sizes))

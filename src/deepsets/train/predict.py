@@ -87,7 +87,7 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
     """Model output for every set of ``ds``: whole sets, or for a set larger than the model's training set size,
     the mean over random subsets of that size where :func:`subset_plan` says so (``subsets``, ``seed``; with
     ``classify`` the mean of probabilities, as log-probabilities; ``spread``, a list, receives each set's sd over
-    subsets, zeros for sets predicted whole). Sets are batched up to
+    subsets, ``None`` for sets predicted whole). Sets are batched up to
     ``batch_size`` sets or ``max_elements`` padded elements, whichever comes first; a set larger than
     ``max_elements`` is evaluated alone and exactly in chunks of ``chunk_size`` elements (bounded memory,
     see :func:`deepsets.models.chunked_forward`). A set of at least ``huge_min`` elements also runs alone when the
@@ -131,7 +131,7 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
             y = model(x, mask).float()
         outs.extend(y.numpy())
         if spread is not None:
-            spread.extend(np.zeros_like(y.numpy()))
+            spread.extend([None] * len(y))
         first_index += len(batch)
         batch = []
 
@@ -231,8 +231,8 @@ def _progress(total: int, enabled):
 
 def predictions_csv(names: list[str], outputs: list[np.ndarray], target, classes=None, spread=None) -> str:
     """One row per set: ``set`` then the target's columns (``prediction``; ``predicted_class`` + ``p_<label>``;
-    ``odd_element`` + ``probability``); with ``spread`` (the sd over subsets, per set), ``prediction_sd`` /
-    ``p_<label>_sd`` columns after them."""
+    ``odd_element`` + ``probability``); with ``spread`` (the sd over subsets, per set; ``None`` for a set predicted
+    whole, written as empty cells), ``prediction_sd`` / ``p_<label>_sd`` columns after them."""
     from ..data.targets import get_target
 
     target = get_target(target)
@@ -246,8 +246,9 @@ def predictions_csv(names: list[str], outputs: list[np.ndarray], target, classes
     w.writerow(["set"] + header + sd_header)
     for i, (n, o) in enumerate(zip(names, outputs)):
         row = [n] + target.csv_row(o, classes)
-        if spread is not None:
-            row += [f"{v:.6g}" for v in np.atleast_1d(spread[i])]
+        if spread is not None:  # empty for a set predicted whole (no subsets, no spread)
+            sd = spread[i]
+            row += [""] * len(np.atleast_1d(o)) if sd is None else [f"{v:.6g}" for v in np.atleast_1d(sd)]
         w.writerow(row)
     return buf.getvalue()
 

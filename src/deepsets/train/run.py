@@ -424,6 +424,12 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
     if task.scale_output and task.target == "regression" and hasattr(base, "targets") and not resume:
         for member in getattr(module.model, "members", [module.model]):
             init_output_scale(member, np.asarray(base.targets)[idx])
+    if not task.paper and not launched_worker():
+        c = module.model.config
+        pool = getattr(c, "pool", "pma")
+        quiet(f"model: {cfg.model} (depth {c.depth}, dim {c.dim}, norm {c.norm}, pool {pool}"
+              + (f", ensemble of {c.ensemble}" if c.ensemble > 1 else "") + ")"
+              + (f"; sets subsampled to {base.set_size:,} elements per training step" if base.set_size else ""))
     if not task.paper and dm.info.get("features") and not launched_worker():
         feats = dm.info["features"]
         echo(f"features ({len(feats)}): {', '.join(feats[:12])}{' ...' if len(feats) > 12 else ''}")

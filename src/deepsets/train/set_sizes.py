@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SKIP = ("set_size", "sets", "loss")
+SKIP = ("set_size", "sets", "loss", "label_variance")
 
 
 def metric_names(rows: list[dict]) -> list[str]:
