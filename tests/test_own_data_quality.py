@@ -198,12 +198,20 @@ def test_the_regime_is_printed_and_follows_the_data():
     own, paper = get_task("classification"), get_task("normal-var")
     cfg = resolve_regime(TrainConfig(task="classification"), own, 90, echo=said.append)
     assert cfg.regime == "small" and "small" in said[0] and "90 training sets" in said[0]
-    assert all(getattr(cfg, k) == v for k, v in RECIPES["small"].items())
+    assert all(getattr(cfg, k) == v for k, v in RECIPES["small"].items() if hasattr(cfg, k))
+    # the step budget becomes epochs of these data: 81 training sets in batches of 8 = 11 steps per epoch
+    steps, per_epoch = RECIPES["small"]["steps"], math.ceil(81 / cfg.batch_size)
+    assert cfg.max_steps == steps and cfg.epochs == math.ceil(steps / per_epoch)
+    assert cfg.patience == max(5, math.ceil(RECIPES["small"]["patience_steps"] / per_epoch))
     big = resolve_regime(TrainConfig(task="classification"), own, 5000, echo=said.append)
     assert big.regime == "paper" and big.lr == 1e-4
     assert resolve_regime(TrainConfig(task="normal-var"), paper, 90, echo=said.append).regime == "paper"
-    mine = resolve_regime(TrainConfig(task="classification", lr=0.05, regime="small"), own, 90, echo=said.append)
+    mine = resolve_regime(TrainConfig(task="classification", lr=0.05, epochs=7, regime="small"), own, 90,
+                          echo=said.append)
     assert mine.lr == 0.05 and mine.dim == RECIPES["small"]["dim"]  # a flag the user gives always wins
+    assert mine.epochs == 7 and mine.max_steps == -1 and mine.patience is None  # --epochs replaces the budget
+    st = resolve_regime(TrainConfig(task="classification", model="settransformer++"), own, 90, echo=said.append)
+    assert st.pool is None  # the Set Transformer family pools by attention
     assert resolve_regime(mine, own, 90, echo=said.append) == mine  # resolving again changes nothing
 
 

@@ -18,11 +18,14 @@ import copy
 
 SMALL_BELOW = 2000
 
-#: the values each regime gives the fields left unset (``None``)
+#: the values each regime gives the fields left unset (``None``). ``steps`` and ``patience_steps`` of the small
+#: recipe are a budget in optimizer steps, turned into ``epochs``/``max_steps`` and ``patience`` (in validations,
+#: one per epoch) for the data at hand: a data set of 40 sets has 3 steps per epoch, one of 1,500 has 85, and both
+#: need a few hundred steps before a set model's first layers move.
 RECIPES: dict[str, dict] = {
     "paper": {"lr": 1e-4, "batch_size": 64, "weight_decay": 0.0, "ensemble": 1},
-    "small": {"depth": 2, "dim": 64, "lr": 1e-3, "batch_size": 16, "weight_decay": 1e-2, "ensemble": 1,
-              "epochs": 60, "patience": 10},
+    "small": {"depth": 2, "dim": 64, "pool": "mean", "lr": 1e-3, "batch_size": 8, "weight_decay": 1e-2,
+              "ensemble": 3, "steps": 800, "patience_steps": 250},
 }
 
 
@@ -41,13 +44,30 @@ def choose_regime(cfg, task, n_sets: int) -> tuple[str, str]:
 def resolve_regime(cfg, task, n_sets: int, echo=print):
     """A copy of ``cfg`` with every field the regime sets and ``cfg`` leaves unset filled in, and ``regime`` set
     to the one chosen (so resolving again changes nothing); says what it chose once."""
+    import math
+
+    from ..models import preset_default
+
     regime, why = choose_regime(cfg, task, n_sets)
     cfg = copy.deepcopy(cfg)
     filled = {}
-    for k, v in RECIPES[regime].items():
+    recipe = dict(RECIPES[regime])
+    steps, patience_steps = recipe.pop("steps", None), recipe.pop("patience_steps", None)
+    if preset_default(cfg.model, "pool") in (None, "pma"):
+        recipe.pop("pool", None)  # the Set Transformer family pools by attention
+    for k, v in recipe.items():
         if hasattr(cfg, k) and getattr(cfg, k) is None:
             setattr(cfg, k, v)
             filled[k] = v
+    if steps and cfg.epochs is None and cfg.max_steps <= 0:  # the step budget, as epochs of these data
+        n_train = n_sets - min(max(1, int(round(n_sets * cfg.val_fraction))), n_sets - 1) \
+            if n_sets >= 2 and cfg.val_fraction > 0 else n_sets
+        per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+        cfg.epochs, cfg.max_steps = math.ceil(steps / per_epoch), steps
+        filled.update(max_steps=steps, epochs=cfg.epochs)
+        if cfg.patience is None:
+            cfg.patience = max(5, math.ceil(patience_steps / (per_epoch * cfg.eval_every)))
+            filled["patience"] = cfg.patience
     if cfg.regime != regime or filled:
         settings = ", ".join(f"{k} {v}" for k, v in filled.items()) or "every setting given"
         echo(f"regime: {regime} ({why}): {settings}")
