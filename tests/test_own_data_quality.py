@@ -88,8 +88,7 @@ def test_preprocessing_survives_the_hub_folder_on_raw_input(name, tmp_path):
     assert torch.equal(again.preprocess.mean, model.preprocess.mean)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
-@pytest.mark.parametrize("name", ["deepsets++", "settransformer++"])
+@pytest.mark.parametrize("name,fmt", [("deepsets++", "onnx"), ("settransformer++", "pt2")])
 def test_an_exported_graph_takes_raw_events(name, fmt, tmp_path):
     pytest.importorskip("onnxruntime")
     from deepsets.export import export_model, load_exported
