@@ -149,6 +149,12 @@ def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bo
     from .regime import resolve_regime
 
     cfg = resolve_regime(cfg, task, min(len(tr) for tr, _ in splits), echo=echo)  # said once, the same every fold
+    if not task.paper:  # what every fold's model applies to the raw elements (as train says)
+        from .preprocessing import resolve_transform, summary
+
+        names = getattr(full, "feature_names", None) or [str(i) for i in range(full.in_dim)]
+        specs, why = resolve_transform(cfg.transform, names, full)
+        echo(summary(specs, names, cfg.standardize, why))
     plan, plan_path = _plan(cfg, folds, len(full)), out / "cv-plan.json"
     if plan_path.is_file() and not _same_plan(json.loads(plan_path.read_text()), plan) or \
             not plan_path.is_file() and any(out.glob("fold-*")):
@@ -177,7 +183,7 @@ def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bo
     for k, r in run_jobs(run_fold, jobs if not here else [(*j, full) for j in jobs], executor, out / "jobs",
                          parallel, slurm, cached=cached):
         rows[k] = r
-        echo(f"fold {k + 1}/{len(splits)}: {metric} {r.get(metric, math.nan):.4g} ({r['test_sets']} test sets) "
+        echo(f"fold {k + 1}/{len(splits)} (fold-{k}): {metric} {r.get(metric, math.nan):.4g} ({r['test_sets']} test sets) "
              f"[{(time.time() - t0) / 60:.1f} min]")
     rows = [rows[k] for k in sorted(rows)]
     metrics = {}
