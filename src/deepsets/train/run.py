@@ -413,6 +413,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
         dm.info["transform"] = specs
         quiet(summary(specs, dm.info.get("features"), cfg.standardize, why))
     kw = model_kwargs(cfg, dm.info)
+    if resume and not task.paper:  # the size the run measured on its training sets (fit_to_training_sets below)
+        saved = read_checkpoint(out / "checkpoints" / "last.ckpt")["hyper_parameters"]["model_kwargs"]
+        if saved.get("trained_set_size"):
+            kw["trained_set_size"] = saved["trained_set_size"]
     module = SetModule(cfg.model, kw, cfg.task, task.target, cfg.lr, train_config=cfg.to_dict(),
                        data_info=dm.info, weight_decay=cfg.weight_decay or 0.0)
     if not resume and not task.paper:
