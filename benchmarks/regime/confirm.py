@@ -213,7 +213,7 @@ if __name__ == "__main__":
     ap.add_argument("--summarize", action="store_true")
     a = ap.parse_args()
     if a.summarize:
-        summarize("cd /work/main && .venv/bin/python benchmarks/regime/confirm.py --deadline-min 17.3; "
+        summarize(".venv/bin/python benchmarks/regime/confirm.py --deadline-min 17.3; "
                   ".venv/bin/python benchmarks/regime/confirm.py --summarize")
     else:
         run(a.deadline_min)

@@ -216,7 +216,7 @@ if __name__ == "__main__":
     ap.add_argument("--summarize", action="store_true")
     a = ap.parse_args()
     if a.summarize:
-        summarize("cd /work/main && .venv/bin/python benchmarks/regime/variants.py --deadline-min 24; "
+        summarize(".venv/bin/python benchmarks/regime/variants.py --deadline-min 24; "
                   ".venv/bin/python benchmarks/regime/variants.py --summarize")
     else:
         run(a.deadline_min)
