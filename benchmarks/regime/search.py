@@ -29,7 +29,7 @@ test outputs are stored, so K=1/3/5 come from the same fits.  torch.set_num_thre
 The code of the library is a frozen copy of src/deepsets (other engineers edit src/ meanwhile) taken
 into $DEEPSETS_SNAPSHOT (default "$TMPDIR/regime_snap") before the search; see evidence.md for its checksum.
 
-Commands (from /work/main; two workers at most on this 2-core machine; results are appended, a rerun skips done jobs)::
+Commands (from the repository root; two workers at most on this 2-core machine; results are appended, a rerun skips done jobs)::
 
     rm -rf "$TMPDIR/regime_snap" && mkdir -p "$TMPDIR/regime_snap" && cp -r src/deepsets "$TMPDIR/regime_snap"/
     .venv/bin/python benchmarks/regime/search.py run --stage 1 --worker 0 &
