@@ -64,8 +64,10 @@ def folds(labels: np.ndarray, n_folds: int = N_FOLDS, seed: int = FOLD_SEED) -> 
 # --------------------------------------------------------------------------- models
 
 def pool_features(bags: Sequence[np.ndarray]) -> np.ndarray:
-    """Per bag: mean, max and min of each feature, concatenated -> [n_bags, 3*D]."""
-    return np.stack([np.concatenate([b.mean(axis=0), b.max(axis=0), b.min(axis=0)]) for b in bags]).astype(np.float64)
+    """Per bag: mean, max and min of each feature, concatenated -> [n_bags, 3*D], pooled in float64 (a float32 mean
+    of the raw MIL features loses enough to change the baseline's accuracy: Elephant 0.820 vs 0.865)."""
+    bags = [np.asarray(b, dtype=np.float64) for b in bags]
+    return np.stack([np.concatenate([b.mean(axis=0), b.max(axis=0), b.min(axis=0)]) for b in bags])
 
 
 def baseline_fit_predict(train_bags, train_labels, test_bags) -> np.ndarray:

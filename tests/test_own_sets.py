@@ -312,8 +312,9 @@ def test_task_defined_in_a_test_file_trains_through_the_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "deepsets.cli", "train", "--task", task, "--out", str(run), *TINY],
                        capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "deepsets.cli", "eval", "--checkpoint",
-                        str(run / "checkpoints" / "best.ckpt")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-m", "deepsets.cli", "eval", "--checkpoint",  # the task is code: named again
+                        str(run / "checkpoints" / "best.ckpt"), "--task", task], capture_output=True, text=True,
+                       env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["sets"] == 48 and np.isfinite(result["mse"])

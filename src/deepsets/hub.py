@@ -13,6 +13,7 @@ The weights are the same whatever backend the model runs on (the backends keep t
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -47,10 +48,18 @@ def save_pretrained(model: SetModel, directory: str | Path, data_info: dict | No
     """Write ``model`` as ``DIRECTORY/model.safetensors`` + ``DIRECTORY/config.json``; returns the folder.
 
     ``data_info``: what a training run recorded about its data (``features``, ``classes``, ...), kept in
-    ``config.json`` so whoever loads the model knows its inputs and outputs.
+    ``config.json`` so whoever loads the model knows its inputs and outputs; a path in it (the training data's
+    ``source``) is kept as its base name only, so the file says nothing about the machine that trained.
+
+    Both files are written into a temporary folder beside ``DIRECTORY`` that is renamed into place when complete
+    (into an existing folder: the two files are renamed into it, its other files stay); a failure removes the
+    temporary folder and raises :class:`deepsets.train.io.WriteError` (``cannot write DIRECTORY: <reason>``).
     """
+    import shutil
+    import tempfile
+
     from . import __version__
-    from .train.io import atomic_write_bytes, atomic_write_text
+    from .train.io import WriteError, atomic_write_bytes, check_free_space, current_umask, new_file_mode
 
     st = _safetensors()
     if not isinstance(model, SetModel):
@@ -58,12 +67,48 @@ def save_pretrained(model: SetModel, directory: str | Path, data_info: dict | No
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
-    config = {"model": preset_name(model), "config": model.config.to_dict(), "data": data_info or {},
+    config = {"model": preset_name(model), "config": model.config.to_dict(), "data": portable(data_info or {}),
               "deepsets_version": __version__}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(out / WEIGHTS, st.save(state, metadata={"format": "pt"}))
-    atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    files = {WEIGHTS: st.save(state, metadata={"format": "pt"}), CONFIG: (json.dumps(config, indent=2) + "\n").encode()}
+    tmp = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        check_free_space(out / WEIGHTS, sum(len(v) for v in files.values()))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        for name, data in files.items():
+            atomic_write_bytes(tmp / name, data)
+        if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+            os.chmod(tmp, os.stat(out).st_mode & 0o7777 if out.exists() else 0o777 & ~current_umask())
+            os.replace(tmp, out)  # a new (or empty) folder: complete or absent
+            tmp = None
+        else:  # a folder with other files: replace ours, one rename each (weights first, config.json last)
+            for name in files:
+                os.chmod(tmp / name, new_file_mode(out / name))
+                os.replace(tmp / name, out / name)
+    except OSError as e:  # named by the folder asked for, not the temporary one
+        if isinstance(e, WriteError) and tmp is None:
+            raise
+        raise WriteError(e.errno or 0, e.strerror or str(e), str(out)) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def portable(info: dict) -> dict:
+    """``info`` without the paths of the machine that trained: the data's ``source`` keeps the base names of the
+    files or folders it names (``/data/run1/cells.csv`` -> ``cells.csv``), any other absolute path its base name."""
+    import re
+
+    def clean(k, v):
+        if not isinstance(v, str):
+            return v
+        if k == "source":
+            return ", ".join(re.sub(r"^[^:]*[\\/]", "", part) for part in v.split(", "))
+        return Path(v).name if os.path.isabs(v) or v.startswith("~") else v
+
+    return {k: clean(k, v) for k, v in info.items()}
 
 
 def read_config(directory: str | Path) -> dict:
@@ -81,12 +126,16 @@ def read_config(directory: str | Path) -> dict:
     return config
 
 
-def from_pretrained(path: str | Path, backend: str = "auto", **download) -> SetModel:
+def from_pretrained(path: str | Path, backend: str = "auto", trust_code: bool | None = False, **download) -> SetModel:
     """The model saved in ``path`` (a folder written by :func:`save_pretrained`), in eval mode.
 
     ``path`` may also be a Hugging Face Hub repository id (``user/name``) when huggingface_hub is installed;
     ``download`` is passed to its ``snapshot_download`` (``revision=``, ``cache_dir=``, ...). ``backend`` as in
     :func:`deepsets.create_model`.
+
+    Nothing in the folder is run: a model trained with a task given as code (``file.py:NAME``, recorded in
+    ``config.json``) that is not registered in this process raises :class:`~deepsets.data.UntrustedTaskError`;
+    ``trust_code=True`` imports that task; ``None`` does not look at it (the model alone: nothing is imported).
     """
     from .models.registry import get_preset, model_from_config
 
@@ -102,16 +151,23 @@ def from_pretrained(path: str | Path, backend: str = "auto", **download) -> SetM
                               f"pip install 'deepsets[hub]'") from e
         folder = Path(snapshot_download(str(path), allow_patterns=[WEIGHTS, CONFIG], **download))
     saved = read_config(folder)
+    from .data.tasks import recorded_task
+
+    data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
+    if trust_code is not None:
+        recorded_task(data.get("task"), f"the model in {folder} was trained with", trust_code)
     preset = get_preset(saved["model"])
     valid = {f.name for f in fields(preset.config_cls)}
     unknown = sorted(set(saved["config"]) - valid)
     if unknown:
         raise ValueError(f"{folder / CONFIG}: config fields {unknown} are not fields of {saved['model']!r} (saved by "
                          f"another deepsets version?)")
-    model = model_from_config(preset.config_cls(**saved["config"]), backend=backend)
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} does not exist")
+    config = preset.config_cls(**saved["config"])
+    check_sizes(config, weights, folder / CONFIG)  # before allocating: a wrong config.json fails fast
+    model = model_from_config(config, backend=backend)
     try:
         state = _safetensors().load_file(str(weights))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged files
@@ -124,11 +180,61 @@ def from_pretrained(path: str | Path, backend: str = "auto", **download) -> SetM
     return model.eval()
 
 
-def checkpoint_to_pretrained(checkpoint: str | Path, directory: str | Path) -> Path:
-    """The folder of :func:`save_pretrained` for a training checkpoint (its model and its data description)."""
+def read_header(weights: str | Path) -> dict[str, list[int]]:
+    """The tensor shapes a safetensors file holds (``{name: shape}``), from its header alone (no tensor is read)."""
+    import struct
+
+    weights = Path(weights)
+    size = weights.stat().st_size
+    with weights.open("rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < n <= min(size - 8, 100_000_000):
+            raise ValueError(f"{weights}: not a readable safetensors file (corrupt or truncated?): header length "
+                             f"{n} in a file of {size} bytes")
+        try:
+            header = json.loads(f.read(n))
+            return {k: [int(d) for d in v["shape"]] for k, v in header.items() if k != "__metadata__"}
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ValueError(f"{weights}: not a readable safetensors file (corrupt or truncated?): {e}") from None
+
+
+def check_sizes(config, weights: str | Path, config_path: str | Path) -> None:
+    """Compare the model ``config`` describes (built on the meta device: no memory) with the tensor shapes in the
+    header of ``weights``; a config.json whose sizes (``dim``, ``depth``, ...) differ from the weights' raises
+    ``ValueError`` before any memory is allocated for the model."""
+    import torch
+
+    from .models.registry import model_from_config
+
+    shapes = read_header(weights)
+    try:
+        with torch.device("meta"):
+            meta = model_from_config(config, backend="reference")  # shapes only: no memory
+        expected = {k: list(v.shape) for k, v in meta.state_dict().items()}
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{config_path}: not a valid model description (sizes too large or out of range?): "
+                         f"{e}") from None
+    wrong = [k for k in expected if k in shapes and expected[k] != shapes[k]]
+    if wrong:
+        k = wrong[0]
+        fields = {f: getattr(config, f) for f in ("in_dim", "out_dim", "dim", "depth") if hasattr(config, f)}
+        raise ValueError(f"{config_path}: sizes do not match the weights in {Path(weights).name}: {k} is "
+                         f"{expected[k]} by the config ({', '.join(f'{f}={v}' for f, v in fields.items())}) but "
+                         f"{shapes[k]} in the weights ({len(wrong)} tensor(s) differ); config.json and the weights "
+                         f"are of different models")
+    missing, unexpected = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{weights}: weights do not match the model in {CONFIG} (missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]})")
+
+
+def checkpoint_to_pretrained(checkpoint: str | Path, directory: str | Path, trust_code: bool = False) -> Path:
+    """The folder of :func:`save_pretrained` for a training checkpoint (its model and its data description);
+    ``trust_code`` as in :func:`deepsets.train.run.load_checkpoint`."""
     from .train.run import load_checkpoint
 
-    module = load_checkpoint(checkpoint)
+    module = load_checkpoint(checkpoint, trust_code=trust_code)
     info = dict(module.hparams.get("data_info") or {})
     info.update({"task": module.hparams["task"], "target": module.hparams.get("target")})
     return save_pretrained(module.model, directory, data_info=info)

@@ -24,7 +24,8 @@ from .sources import SourceDataset, open_source
 from .sources.arrays import ListReader
 from .sources.table import sets_from_table
 from .targets import TARGETS, get_target
-from .tasks import TASKS, Task, TaskSpec, detect_task, get_task, list_tasks, load_task, paper_tasks, register_task
+from .tasks import (TASKS, Task, TaskSpec, UntrustedTaskError, detect_task, get_task, import_task, list_tasks, load_task,
+                    paper_tasks, register_task)
 
 __all__ = [
     "TARGETS",
@@ -35,6 +36,7 @@ __all__ = [
     "SourceDataset",
     "Task",
     "TaskSpec",
+    "UntrustedTaskError",
     "check_before_training",
     "check_finite",
     "collate_sets",
@@ -42,6 +44,7 @@ __all__ = [
     "detect_task",
     "get_target",
     "get_task",
+    "import_task",
     "list_tasks",
     "load_task",
     "open_source",

@@ -63,9 +63,11 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
+def _fail(msg: str, command: str) -> int:
+    """A data error: one line on standard error and exit code 1, as every other command (2 is for usage errors)."""
+    text = " ".join(str(msg).split())
+    print(f"deepsets data {command}: error: {text}", file=sys.stderr)
+    return 1
 
 
 def cmd_build(args) -> int:
@@ -78,7 +80,7 @@ def cmd_build(args) -> int:
     try:
         path = task.build(options)
     except (DataError, FileNotFoundError, ImportError, ValueError) as e:
-        return _fail(str(e))
+        return _fail(str(e), "build")
     if path is None:  # the task's files are used as they are: describe the source
         return cmd_info(argparse.Namespace(path=args.source))
     print(f"wrote {path}")
@@ -130,20 +132,55 @@ def _describe_h5ad(path: Path) -> list[str]:
             f"  X: {'yes' if has_x else 'no (use --layer)'}; layers: {layers or 'none'}"]
 
 
+def _own_data(p: Path) -> str | None:
+    """What ``detected task`` says for your own sets (no paper task's layout): ``None`` if no source reads it."""
+    from .sources import source_for
+
+    try:
+        src = source_for(p)
+    except DataError:
+        return None
+    line = (f"your own sets ({src.name} source): regression or classification, from the labels or --target "
+            f"(deepsets train --data {p.name} ...)")
+    if src.name == "fcs" and not p.is_dir():
+        return ("your own sets (fcs source): one file is one set; train regression or classification on a folder "
+                "of them with labels.csv (set,label)")
+    if src.name == "fcs":
+        from .sources import open_source
+        from .targets import explain_target
+
+        labels = open_source(p, None).labels
+        if labels is None:
+            return ("your own sets (fcs source): no labels.csv, so prediction only; to train (regression or "
+                    "classification), add labels.csv with columns set,label")
+        target, why = explain_target([v for v in labels if v is not None])
+        return f"{target} (your own sets, fcs source: {why}; --target chooses)"
+    return line
+
+
 def cmd_info(args) -> int:
-    from .tasks import detect_task, load_task
+    from .tasks import detect_task, get_task
 
     p = Path(args.path)
     if not p.exists():
-        return _fail(f"data path does not exist: {p}")
+        return _fail(f"data path does not exist: {p}", "info")
     try:
+        from .fcs import is_fcs_path
+
         task = detect_task(p)
         print(f"{p}")
         if p.is_dir():
             files = sorted(x for x in p.rglob("*") if x.is_file())
             print(f"  folder with {len(files)} files: {', '.join(x.name for x in files[:10])}"
                   f"{' ...' if len(files) > 10 else ''}")
-        elif p.suffix.lower() == ".fcs":
+            fcs = [x for x in files if is_fcs_path(x)]
+            if fcs:
+                from .fcs import read_fcs_file
+
+                f = read_fcs_file(fcs[0], events=False)
+                print(f"  {len(fcs)} FCS file(s), one set each; {fcs[0].name}: FCS {f.version}, channels {f.pnn} "
+                      f"(matched by name in every file)")
+        elif is_fcs_path(p):
             from .fcs import read_fcs_file
 
             f = read_fcs_file(p)
@@ -162,17 +199,17 @@ def cmd_info(args) -> int:
         else:
             for ln in _describe_h5(p):
                 print(ln)
-        print(f"  detected task: {task or 'unknown'}")
-        if task is not None and p.suffix.lower() not in (".fcs", ".h5ad"):  # .h5ad needs --set-column
+        print(f"  detected task: {task or _own_data(p) or 'unknown'}")
+        if task is not None and p.suffix.lower() not in (".fcs", ".lmd", ".h5ad"):  # .h5ad needs --set-column
             for split in ("train", "test"):
                 try:
-                    ds = load_task(task, split, data=p, set_size=0)
+                    ds = get_task(task, where=f"{p} names").load(split, data=p, set_size=0)  # never imported
                 except (DataError, ValueError) as e:
                     print(f"  {split}: not readable as {task}: {e}")
                     continue
                 print(f"  {split}: {len(ds)} sets, in_dim={ds.in_dim}, out_dim={ds.out_dim}")
-    except (DataError, ImportError) as e:
-        return _fail(str(e))
+    except (DataError, ImportError, OSError) as e:
+        return _fail(str(e), "info")
     return 0
 
 

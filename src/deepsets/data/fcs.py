@@ -27,7 +27,10 @@ How each quirk of real instruments is handled
       ``ignore_offset_discrepancy=True``, i.e. the TEXT ``$BEGINDATA``/``$ENDDATA`` are used; if those do not
       hold ``$TOT`` events, ``use_header_offsets=True`` is tried.
     * Several data sets in one file (``$NEXTDATA`` not 0, e.g. Guava Muse; ``MultipleDataSetsError``) ->
-      ``nextdata_offset=0``: **the first data set is read** and the others are ignored.
+      ``nextdata_offset=0``: **the first data set is read** and the others are ignored. Except in a Beckman
+      Coulter ``.lmd`` file (FCS inside; any case of the suffix): its first data set is FCS 2.0 with 10-bit,
+      log-compressed values and ``$NEXTDATA`` points to an FCS 3.x data set of the same events at full
+      resolution, and **that FCS 3.x data set is read** (an ``.lmd`` file with one data set reads as usual).
     * DATA offsets that do not fit the HEADER's 8 digits (large files): the standard writes ``0`` there, some
       writers leave the field blank. A blank HEADER offset field is read as ``0`` (the in-memory copy given to
       flowio is normalised; the file is not changed), and the offsets come from ``$BEGINDATA``/``$ENDDATA``.
@@ -69,7 +72,10 @@ import numpy as np
 
 from ._base import DataError
 
-__all__ = ["FCSFile", "fcs_channels", "read_fcs_file"]
+__all__ = ["FCSFile", "FCS_SUFFIXES", "fcs_channels", "is_fcs_path", "read_fcs_file"]
+
+#: suffixes of FCS files (any case): ``.fcs``, and ``.lmd`` (Beckman Coulter list-mode data, FCS inside)
+FCS_SUFFIXES = (".fcs", ".lmd")
 
 _HEADER_LEN = 58  # "FCSx.y" + 4 spaces + 6 offset fields of 8 characters (bytes 10..57)
 _FIELDS = (("TEXT start", 10), ("TEXT end", 18), ("DATA start", 26), ("DATA end", 34),
@@ -393,19 +399,55 @@ def _flowio_events(fd, par: int, tot: int) -> np.ndarray | None:
 # ---------------------------------------------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------------------------------------------
+def is_fcs_path(path) -> bool:
+    """Whether ``path`` names an FCS file by its suffix (``.fcs``, or Beckman Coulter's ``.lmd``; any case)."""
+    return Path(path).suffix.lower() in FCS_SUFFIXES
+
+
+def _lmd_second_data_set(data: bytes, p: Path) -> int:
+    """Where the FCS 3.x data set of a Beckman Coulter ``.lmd`` file starts (0: read the first data set).
+
+    An LMD file holds an FCS 2.0 data set (10-bit, log-compressed values) whose ``$NEXTDATA`` points to an FCS
+    3.x data set of the same events at full resolution; that one is read. A file with one data set, or whose
+    ``$NEXTDATA`` does not point to an FCS 3.x HEADER, is read as any FCS file (its first data set).
+    """
+    try:
+        first = _read(data, p, events=False)
+        off = int(str(first.text.get("nextdata", "0")).strip() or 0)
+    except (DataError, ValueError):
+        return 0  # the full read reports what is wrong with the first data set
+    if first.version.startswith("2") and _HEADER_LEN <= off < len(data) and data[off:off + 4] == b"FCS3":
+        return off
+    return 0
+
+
 def read_fcs_file(path, *, events: bool = True) -> FCSFile:
     """Read an FCS file: channel names, TEXT keywords and (with ``events=True``) the raw events.
 
     Returns an :class:`FCSFile` whose ``events`` is float32 ``[$TOT, $PAR]`` (first data set of a file with
-    several), or ``None`` with ``events=False`` (the DATA segment is then not read at all). Raises
-    :class:`~deepsets.data.DataError` with one line naming the file and the reason; see the module docstring.
+    several; of a Beckman Coulter ``.lmd`` file, its FCS 3.x data set), or ``None`` with ``events=False`` (the
+    DATA segment is then not read at all). Raises :class:`~deepsets.data.DataError` with one line naming the
+    file and the reason; see the module docstring.
     """
-    flowio = _flowio()
     p = Path(path).expanduser()
     try:
         data = p.read_bytes()
     except OSError as e:
         raise DataError(f"{p}: cannot read: {_one_line(e)}") from e
+    if p.suffix.lower() == ".lmd":
+        _check_header(data, p)
+        off = _lmd_second_data_set(data, p)
+        if off:
+            try:
+                return _read(data[off:], p, events)
+            except DataError as e:
+                raise DataError(f"{e} (in the FCS 3 data set of this .lmd file, at byte {off})") from e
+    return _read(data, p, events)
+
+
+def _read(data: bytes, p: Path, events: bool) -> FCSFile:
+    """:func:`read_fcs_file` of the data set whose HEADER starts ``data``."""
+    flowio = _flowio()
     buf, hdr = _check_header(data, p)
 
     fd, opts, fail = None, {}, None

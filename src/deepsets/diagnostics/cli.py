@@ -18,6 +18,8 @@ def add_commands(sub) -> None:
     p.add_argument("--batch", type=int, default=32, help="sets in the one batch (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for grad_norms.csv, .json and .png")
+    p.add_argument("--no-csv-escape", dest="csv_escape", action="store_false",
+                   help="write CSV text cells starting with = + - @ as they are (default: a leading ')")
     p.set_defaults(func=_cmd_grad_norms)
 
 
@@ -32,7 +34,7 @@ def _cmd_grad_norms(args) -> int:
     )
 
     specs = [parse_model_spec(args.model, args.depth)] + [parse_model_spec(s, args.depth) for s in args.compare or []]
-    get_task(args.task)  # an unknown task or model fails before any data is read
+    get_task(args.task, trust_code=True)  # --task names it; an unknown task or model fails before any data is read
     for name, _ in specs:
         get_preset(name)
     results = {}
@@ -41,6 +43,7 @@ def _cmd_grad_norms(args) -> int:
         label = f"{name}" + (f" depth {depth}" if depth else "")
         results[label] = rows
         print(f"{label:<28} layers {len(rows):>3}  first/last gradient norm {first_last_ratio(rows):.3g}")
-    paths = write_grad_norms(results, args.out, f"Gradient norms at initialization ({args.task})")
+    paths = write_grad_norms(results, args.out, f"Gradient norms at initialization ({args.task})",
+                             escape=args.csv_escape)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

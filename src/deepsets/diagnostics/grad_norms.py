@@ -1,8 +1,6 @@
 """Per-layer gradient norms at initialization: the paper's vanishing / exploding gradient figure."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -27,12 +25,12 @@ def gradient_norms(model_name: str, depth: int | None, task: str, batch: int = 3
     The batch is the first ``batch`` sets of the task's training data (offline default unless ``data``); the loss
     is the task's. Returns rows ``{layer, name, grad_norm, weight_norm}``.
     """
-    from ..data import collate_sets, get_task, load_task
+    from ..data import collate_sets, get_task
     from ..models import create_model, preset_default
 
-    spec = get_task(task)
+    spec = get_task(task, trust_code=True)  # named by the caller (--task): a task given as code is imported
     opts = {"n_train": max(batch, 1)} if data is None else {}  # offline data: generate only the sets needed
-    ds = load_task(task, "train", data=data, set_size=set_size, seed=seed, **opts)
+    ds = spec.load("train", data=data, set_size=set_size, seed=seed, **opts)
     x, mask, y = collate_sets([ds[i] for i in range(min(batch, len(ds)))])
     torch.manual_seed(seed)
     kw = {"depth": depth, "output": spec.output, **overrides}
@@ -49,20 +47,18 @@ def gradient_norms(model_name: str, depth: int | None, task: str, batch: int = 3
     return rows
 
 
-def write_grad_norms(results: dict[str, list[dict]], out: str | Path, title: str = "") -> dict[str, Path]:
-    """CSV + JSON of every model's rows and one PNG with all of them; returns the paths written."""
-    from ..train.io import atomic_write_text
+def write_grad_norms(results: dict[str, list[dict]], out: str | Path, title: str = "",
+                     escape: bool = True) -> dict[str, Path]:
+    """CSV + JSON of every model's rows and one PNG with all of them; returns the paths written. ``escape``: text
+    cells a spreadsheet would run as formulas get a leading ``'`` (:func:`deepsets.train.io.escape_csv_cell`)."""
+    from ..train.io import atomic_write_text, csv_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["model", "layer", "name", "grad_norm", "weight_norm"])
-    w.writeheader()
-    for label, rows in results.items():
-        for r in rows:
-            w.writerow({"model": label, **r})
+    header = ["model", "layer", "name", "grad_norm", "weight_norm"]
+    text = csv_text(header, [{"model": label, **r} for label, rows in results.items() for r in rows], escape=escape)
     paths = {"csv": out / "grad_norms.csv", "json": out / "grad_norms.json"}
-    atomic_write_text(paths["csv"], buf.getvalue())
+    atomic_write_text(paths["csv"], text)
     atomic_write_text(paths["json"], json.dumps(results, indent=1))
     try:
         from .plots import plot_grad_norms

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .io import atomic_write_bytes, atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text, csv_text
 
 # metrics.csv: one row per evaluation (the end of every `eval_every`-th epoch, and the end of training).
 METRIC_COLUMNS = [
@@ -96,16 +96,13 @@ def read_metrics(path: str | Path) -> list[dict]:
         raise ValueError(f"{path}: not a readable metrics file (expected columns {METRIC_COLUMNS}): {e}") from None
 
 
-def write_metrics(path: str | Path, rows: list[dict]) -> None:
-    """:data:`METRIC_COLUMNS`, then any other column the rows hold (``val_NAME`` of ``--metric NAME``)."""
-    buf = io.StringIO()
+def write_metrics(path: str | Path, rows: list[dict], escape: bool = True) -> None:
+    """:data:`METRIC_COLUMNS`, then any other column the rows hold (``val_NAME`` of ``--metric NAME``); written
+    with :func:`deepsets.train.io.csv_text` (``escape``: formula-like text cells get a leading ``'``)."""
     extra = list(dict.fromkeys(k for r in rows for k in r if k not in METRIC_COLUMNS))
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS + extra)
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r.get(k, "") for k in METRIC_COLUMNS + extra})
+    text = csv_text(METRIC_COLUMNS + extra, rows, escape=escape)
     try:
-        atomic_write_text(path, buf.getvalue())
+        atomic_write_text(path, text)
     except OSError as e:  # the previous file is untouched
         from .guard import write_error
 

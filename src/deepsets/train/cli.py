@@ -97,7 +97,7 @@ def add_train_commands(sub) -> None:
                                    "source format (the training run's set/label columns and features are kept).")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", help="test data in any source format (default: the data the model was trained on)")
-    p.add_argument("--task", help="(checked against the checkpoint's task)")
+    add_task_flag(p)
     add_subset_flags(p)
     p.add_argument("--set-sizes", nargs="+", type=int, metavar="N",
                    help="also evaluate with every set cut to each of these sizes (a random subset; smaller sets stay "
@@ -105,8 +105,17 @@ def add_train_commands(sub) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="with --set-sizes: the metric against the set size (default: "
                                                        "beside --json as .png)")
     p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="your own data: evaluate the sets that can be read and list the others (damaged files) on "
+                        "standard error (default: list every unreadable one and stop)")
     add_source_flags(p)
     p.set_defaults(func=_cmd_eval)
+
+
+def add_task_flag(p) -> None:
+    """``--task`` of the commands that open a checkpoint (eval, predict, export)."""
+    p.add_argument("--task", metavar="TASK", help="the checkpoint's task, named again (checked against it): a task "
+                   "given as code (file.py:NAME, module:NAME) is only imported when named here")
 
 
 def add_subset_flags(p) -> None:
@@ -239,14 +248,26 @@ def given_fields(args) -> set[str]:
     return given
 
 
+def named_task(args, cfg) -> None:
+    """A task given as code is imported only when the command line names it (``--task file.py:NAME``); one read
+    from ``--config FILE.yaml`` is refused unless named again with --task (a resumed run's: see ``run.train``)."""
+    from ..data.tasks import UntrustedTaskError, import_task, is_code
+
+    if args.task is not None:
+        import_task(args.task)
+    elif args.config and is_code(cfg.task):
+        raise UntrustedTaskError(cfg.task, f"{args.config} names", python="TrainConfig(task=...)")
+
+
 def _cmd_train(args) -> int:
     from .callbacks import NonFiniteLossError
     from .run import launched_worker, train
 
     cfg = config_from_args(args)
+    named_task(args, cfg)
     changed = given_fields(args) if args.resume else None  # --resume: the saved run, changed only where flags say
     try:
-        summary = train(cfg, resume=args.resume, overwrite=args.overwrite, changed=changed)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite, changed=changed, trust_code=False)
     except NonFiniteLossError:
         if launched_worker():  # every process stopped at the same step; rank zero says so once
             return 1
@@ -266,7 +287,9 @@ def _cmd_cv(args) -> int:
     from .cv import cross_validate
 
     cfg = config_from_args(args)
-    result = cross_validate(cfg, folds=args.folds, overwrite=args.overwrite, **executor_options(args))
+    named_task(args, cfg)
+    result = cross_validate(cfg, folds=args.folds, overwrite=args.overwrite, trust_code=False,
+                            **executor_options(args))
     print(f"{result['metric']} {result['mean']:.4g} +- {result['se']:.2g} (mean +- s.e. over {args.folds} folds); "
           f"wrote {result['path']}")
     others = [f"{name} {m['mean']:.4g} +- {m['se']:.2g}" for name, m in result.get("metrics", {}).items()
@@ -280,8 +303,9 @@ def _cmd_tune(args) -> int:
     from .tune import tune
 
     cfg = config_from_args(args)
+    named_task(args, cfg)
     result = tune(cfg, folds=args.folds, inner_folds=args.inner_folds, trials=args.trials, overwrite=args.overwrite,
-                  **executor_options(args))
+                  trust_code=False, **executor_options(args))
     print(f"{result['metric']} {result['mean']:.4g} +- {result['se']:.2g} (nested: mean +- s.e. over "
           f"{result['k']} outer folds, each tuned on its training sets only); wrote {result['path']}")
     if result["recommended"]:
@@ -290,17 +314,21 @@ def _cmd_tune(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .run import evaluate, format_table, load_checkpoint, write_json
+    from .io import refuse_input_as_output
+    from .run import checkpoint_trust, evaluate, format_table, write_json
 
-    if args.task:
-        hp_task = load_checkpoint(args.checkpoint).hparams["task"]
-        if hp_task != args.task:
-            raise ValueError(f"{args.checkpoint}: the checkpoint was trained on task {hp_task!r}, not {args.task!r}")
+    inputs = {"--checkpoint": args.checkpoint, "--data": args.data, "--labels": args.labels}
+    refuse_input_as_output(args.json_out, inputs, "--json")
+    refuse_input_as_output(args.plot, inputs, "--plot")
+    if args.json_out and args.set_sizes and not args.plot:  # the plot beside --json
+        refuse_input_as_output(str(Path(args.json_out).with_suffix(".png")), inputs, "--json (its .png plot)")
+    trust = checkpoint_trust(args.checkpoint, args.task)  # --task: the checkpoint's task, named again
     import sys
 
     result = evaluate(args.checkpoint, data=args.data, subsets=subsets_from_args(args),
                       task_options=source_options_from_args(args), seed=args.subset_seed, set_sizes=args.set_sizes,
-                      echo=lambda line: print(line, file=sys.stderr))
+                      echo=lambda line: print(line, file=sys.stderr), trust_code=trust,
+                      skip_unreadable=args.skip_unreadable)
     sizes = result.pop("set_sizes", None)
     from ..data import get_task
 
@@ -330,12 +358,19 @@ def add_experiment_commands(sub) -> None:
                        description="One prediction per set, keyed by the set id, as CSV. Whole sets are used; the "
                                    "training run's set column and features are the defaults.")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--input", required=True, help="a table (.csv/.tsv/.parquet), .h5ad, .fcs or a folder of them "
+    p.add_argument("--input", required=True, help="a table (.csv/.tsv/.parquet), .h5ad, .fcs/.lmd or a folder of them "
                                                   "(one set per file), .h5/.hdf5 or .npy [sets, elements, features]")
-    p.add_argument("--output", help="CSV file (default: print to standard output)")
+    p.add_argument("--output", help="CSV file (default: print to standard output); not the --input or --checkpoint")
+    p.add_argument("--no-csv-escape", dest="csv_escape", action="store_false",
+                   help="write text cells starting with = + - @ as they are (default: a leading ' so that a "
+                        "spreadsheet shows them as text, not formulas; numbers are never changed)")
     add_source_flags(p, labels=False)
     p.add_argument("--key", help="HDF5 dataset key (default: the first of test_data, data, train_data, ...)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="predict the sets that can be read and list the others (damaged files, empty sets) on "
+                        "standard error; they are left out of the CSV (default: list every unreadable one and stop)")
+    add_task_flag(p)
     add_subset_flags(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -359,9 +394,12 @@ def _cmd_predict(args) -> int:
     import sys
 
     from .predict import predict_file
+    from .run import checkpoint_trust
 
+    trust = checkpoint_trust(args.checkpoint, args.task)  # --task: the checkpoint's task, named again
     text, n = predict_file(args.checkpoint, args.input, args.output, batch_size=args.batch_size, key=args.key,
-                           subsets=subsets_from_args(args), seed=args.subset_seed,
+                           subsets=subsets_from_args(args), seed=args.subset_seed, csv_escape=args.csv_escape,
+                           trust_code=trust, skip_unreadable=args.skip_unreadable,
                            echo=lambda line: print(line, file=sys.stderr), **source_options_from_args(args))
     if args.output:
         print(f"wrote {n} prediction{'s' if n != 1 else ''} to {args.output}")

@@ -8,8 +8,9 @@ the target's default: ``mse`` / ``accuracy``), ``folds`` (one value per fold), `
 over folds); ``metrics``: the same ``{"folds", "mean", "se"}`` for every metric of the target
 (:mod:`deepsets.metrics`); ``fold_sets``: the ids of each fold's test sets. A fold whose ``result.json`` exists is
 not trained again, so an interrupted cross-validation continues where it stopped (the same command:
-``OUT/cv-plan.json`` records the folds and the config, and another plan in the same folder is refused unless
-``--overwrite``).
+``OUT/cv-plan.json`` records the folds, the config and the content fingerprint of the data files
+(:mod:`deepsets.data.fingerprint`), and another plan in the same folder is refused unless ``--overwrite``; so are
+finished folds of data that changed since, whatever their modification times).
 """
 from __future__ import annotations
 
@@ -68,6 +69,27 @@ def _same_plan(saved: dict, plan: dict) -> bool:
     return {**saved, "config": filled} == plan
 
 
+def data_fingerprints(cfg: TrainConfig) -> dict | None:
+    """``{path: content fingerprint}`` of the files the folds read (``--data``, ``--labels``;
+    :mod:`deepsets.data.fingerprint`), or ``None`` for generated data: folds of other data are never reused."""
+    from ..data.fingerprint import fingerprint
+
+    paths = [cfg.data, (cfg.task_options or {}).get("labels")]
+    out = {str(p): fingerprint(p) for p in paths if p is not None and Path(p).exists()}
+    return out or None
+
+
+def data_changed_message(out: Path, saved: dict, fingerprints: dict | None) -> str:
+    """Why the finished folds in ``out`` are not reused: their data changed, or their plan records no fingerprint."""
+    hint = ("; choose another --out, or pass --overwrite to run every fold again on the data as they are now")
+    if "data_fingerprint" not in saved:
+        return (f"{out} holds finished folds whose data cannot be checked (the folder records no fingerprint of its "
+                f"data, which may have changed since){hint}")
+    old = saved.get("data_fingerprint") or {}
+    changed = [p for p in sorted({*old, *(fingerprints or {})}) if old.get(p) != (fingerprints or {}).get(p)]
+    return f"{out} holds finished folds of other data: {', '.join(changed)} changed since they were run{hint}"
+
+
 def fold_set_ids(ds, indices) -> list[str]:
     """The ids of sets ``indices`` of ``ds`` as the data name them (``set_name``), else their index as text."""
     name = getattr(ds, "set_name", None)
@@ -77,7 +99,7 @@ def fold_set_ids(ds, indices) -> list[str]:
 def run_fold(cfg: TrainConfig, k: int, train_idx: list[int], test_idx: list[int], fold_dir: str, full=None) -> dict:
     """Train fold ``k`` in ``fold_dir`` and test its best checkpoint on the held-out sets (cached in
     ``result.json``); ``full`` is the task's training split (loaded here when not given, e.g. in a job)."""
-    from ..data import load_task
+    from ..data import get_task
     from .guard import RunInterrupted
     from .io import atomic_write_text
     from .run import checkpoint_config, evaluate_dataset, load_checkpoint, train
@@ -86,9 +108,9 @@ def run_fold(cfg: TrainConfig, k: int, train_idx: list[int], test_idx: list[int]
     done = fold_dir / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    if full is None:
-        full = load_task(cfg.task, "train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
-                         fixed_subset=cfg.fixed_subset, **cfg.task_options)
+    if full is None:  # a job: its arguments come from the cv command, which checked the task (imported in a job)
+        full = get_task(cfg.task, trust_code=True).load("train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
+                                                        fixed_subset=cfg.fixed_subset, **cfg.task_options)
     fcfg = copy.deepcopy(cfg)
     fcfg.out = str(fold_dir)
     try:
@@ -109,8 +131,12 @@ def run_fold(cfg: TrainConfig, k: int, train_idx: list[int], test_idx: list[int]
 
 
 def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = None, overwrite: bool = False,
-                   echo=print, executor: str | None = None, parallel: int = 2, slurm=None) -> dict:
+                   echo=print, executor: str | None = None, parallel: int = 2, slurm=None,
+                   trust_code: bool = True) -> dict:
     """Run K-fold cross-validation; returns the ``cv.json`` contents plus ``path``.
+
+    ``cfg.task`` given as code (``file.py:NAME``) is imported: the caller named it (``trust_code=False``: only a
+    registered task, as the command line passes after importing ``--task`` itself).
 
     ``executor`` (``"local"`` / ``"slurm"``): one submitit job per fold, ``parallel`` at a time (see
     :mod:`deepsets.train.executors`); default: the folds run here, one after another.
@@ -121,7 +147,7 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = No
     from .run import resolve_task
 
     cfg = copy.deepcopy(cfg)
-    task = resolve_task(cfg, echo=echo)  # (checks --metric against the target)
+    task = resolve_task(cfg, echo=echo, trust_code=trust_code)  # (checks --metric against the target)
     out = Path(out or cfg.out or Path("runs") / f"cv-{task.name.rpartition(':')[2]}-{cfg.model}-s{cfg.seed}")
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):  # another cross-validation into OUT (--overwrite included) is refused while this one runs
@@ -130,12 +156,11 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = No
 
 def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bool, echo, executor, parallel,
                     slurm) -> dict:
-    from ..data import load_task
     from .executors import run_jobs
     from .io import atomic_write_text
 
-    full = load_task(cfg.task, "train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
-                     fixed_subset=cfg.fixed_subset, **cfg.task_options)
+    full = task.load("train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed, fixed_subset=cfg.fixed_subset,
+                     **cfg.task_options)
     from ..data._base import require_labels
 
     require_labels(full)
@@ -156,17 +181,23 @@ def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bo
         specs, why = resolve_transform(cfg.transform, names, full)
         echo(summary(specs, names, cfg.standardize, why))
     plan, plan_path = _plan(cfg, folds, len(full)), out / "cv-plan.json"
-    if plan_path.is_file() and not _same_plan(json.loads(plan_path.read_text()), plan) or \
-            not plan_path.is_file() and any(out.glob("fold-*")):
+    saved = json.loads(plan_path.read_text()) if plan_path.is_file() else None
+    fingerprints, stale = data_fingerprints(cfg), False
+    if saved is not None and not _same_plan({k: v for k, v in saved.items() if k != "data_fingerprint"}, plan) \
+            or saved is None and any(out.glob("fold-*")):
         if not overwrite:
             raise ValueError(f"{out} holds a cross-validation with other settings (folds, data or training "
                              f"flags); choose another --out, or pass --overwrite to replace it")
-    if overwrite or not plan_path.is_file():
+    elif saved is not None and saved.get("data_fingerprint") != fingerprints:
+        if not overwrite and any(out.glob("fold-*/result.json")):  # finished folds of other data: never reused
+            raise ValueError(data_changed_message(out, saved, fingerprints))
+        stale = True  # no fold finished: start again on the data as they are now
+    if overwrite or saved is None or stale:
         import shutil
 
         for old in list(out.glob("fold-*")) + [out / "cv.json"]:
             shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
-        atomic_write_text(plan_path, json.dumps(plan, indent=1))
+        atomic_write_text(plan_path, json.dumps({**plan, "data_fingerprint": fingerprints}, indent=1))
     from ..metrics import metric_names
 
     metric = cfg.metric or task.metric

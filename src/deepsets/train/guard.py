@@ -238,6 +238,7 @@ class RunLock:
     def __init__(self, out: str | Path, create: bool = True):
         self.out, self.create = Path(out), create
         self._lock = None
+        self.made = False  # this run created the folder: a failure before any run file removes it again
 
     @property
     def info_path(self) -> Path:
@@ -262,6 +263,7 @@ class RunLock:
                 out.mkdir(parents=True, exist_ok=True)
             except OSError:
                 return self
+            self.made = True
         lock = FileLock(str(out / LOCK_NAME), timeout=0)
         try:
             lock.acquire()
@@ -288,4 +290,12 @@ class RunLock:
                 pass
             self._lock.release()
             self._lock = None
+        if self.made and exc[0] is not None:  # failed before writing anything: leave no empty run folder behind
+            try:
+                if all(p.name in (LOCK_NAME, LOCK_INFO_NAME) for p in self.out.iterdir()):
+                    for name in (LOCK_NAME, LOCK_INFO_NAME):
+                        (self.out / name).unlink(missing_ok=True)
+                    self.out.rmdir()
+            except OSError:
+                pass
         return False

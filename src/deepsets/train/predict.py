@@ -1,8 +1,6 @@
 """``deepsets predict``: one prediction per set of a new file, written as CSV."""
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +22,10 @@ def open_input(path, expect_dim=None, **options) -> SetDataset:
     if expect_dim is not None and opts.get("features") is None and source_for(path).name in ("fcs", "h5ad"):
         opts["expect_dim"] = expect_dim
     reader = open_source(path, None, **opts)
-    reader.labels = None  # prediction needs no labels (and does not check them)
-    return SourceDataset(reader, target="regression", set_size=None)
+    labels, reader.labels = reader.labels, None  # prediction needs no labels (and does not check them)
+    ds = SourceDataset(reader, target="regression", set_size=None)
+    ds.raw_labels = labels  # as read, when a label column or file was given (explain's report compares classes)
+    return ds
 
 
 def set_names(ds) -> list[str]:
@@ -83,7 +83,8 @@ def _combine_subsets(model, outs: torch.Tensor, classify: bool) -> tuple[np.ndar
 def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
                  chunk_size: int = 65_536, progress: bool | None = None, huge_min: int = 32_768,
                  subsets: int | None = None, seed: int = 0, classify: bool = False,
-                 spread: list | None = None) -> list[np.ndarray]:
+                 spread: list | None = None, unreadable: list | None = None,
+                 predict_after_unreadable: bool = True) -> list[np.ndarray]:
     """Model output for every set of ``ds``: whole sets, or for a set larger than the model's training set size,
     the mean over random subsets of that size where :func:`subset_plan` says so (``subsets``, ``seed``; with
     ``classify`` the mean of probabilities, as log-probabilities; ``spread``, a list, receives each set's sd over
@@ -93,7 +94,12 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
     see :func:`deepsets.models.chunked_forward`). A set of at least ``huge_min`` elements also runs alone when the
     model has a huge-set fast path (:mod:`deepsets.backends.huge`: about 2x faster than the batched forward at
     10^5 elements, the same outputs up to float round-off). Sets are read one ahead in a background thread (reading
-    overlaps computing); ``progress``: a progress bar with sets and cells per second (None: on a terminal only)."""
+    overlaps computing); ``progress``: a progress bar with sets and cells per second (None: on a terminal only).
+
+    ``unreadable``, a list: a set whose reading raises :class:`DataError` (a damaged file, an empty set, NaN
+    values) does not stop the prediction: ``(index, message)`` is appended and the outputs (and ``spread``) hold
+    the other sets, in order. With ``predict_after_unreadable=False`` the sets after the first unreadable one are
+    only read (to list every unreadable one), not predicted."""
     from ..backends import huge
     from ..backends.chunked import chunked_forward
     from ..data import pad_sets, subset_views
@@ -136,7 +142,17 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
         batch = []
 
     bar = _progress(len(ds), progress)
-    for i, x in enumerate(prefetched(ds)):
+    for i, x in enumerate(prefetched(ds, catch=(DataError,) if unreadable is not None else ())):
+        if isinstance(x, DataError):  # a set that cannot be read: listed, left out of the outputs
+            flush()
+            unreadable.append((i, str(x)))
+            first_index = i + 1
+            bar.update(1)
+            continue
+        if unreadable and not predict_after_unreadable:  # the rest are only read, to list every unreadable one
+            bar.update(1)
+            first_index = i + 1
+            continue
         bar.update(1)
         bar.cells += len(x)
         bar.set_postfix_str(f"{bar.cells / max(bar.format_dict['elapsed'], 1e-9):,.0f} cells/s", refresh=False)
@@ -199,13 +215,17 @@ class Picked:
         return self.base.set_label(i) if hasattr(self.base, "set_label") else f"set {i}"
 
 
-def prefetched(ds):
+def prefetched(ds, catch: tuple = ()):
     """The whole sets of ``ds`` as tensors, in order; the next set is read (e.g. the next FCS file parsed) in a
-    background thread while the caller computes on the current one."""
+    background thread while the caller computes on the current one. A set whose reading raises one of the
+    exception types ``catch`` is yielded as that exception (and the next sets are still read)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def read(i):
-        return torch.from_numpy(ds.get_set(i, subsample=False))
+        try:
+            return torch.from_numpy(ds.get_set(i, subsample=False))
+        except catch as e:
+            return e
 
     n = len(ds)
     if n == 0:
@@ -229,37 +249,127 @@ def _progress(total: int, enabled):
     return bar
 
 
-def predictions_csv(names: list[str], outputs: list[np.ndarray], target, classes=None, spread=None) -> str:
+def predictions_csv(names: list[str], outputs: list[np.ndarray], target, classes=None, spread=None,
+                    escape: bool = True) -> str:
     """One row per set: ``set`` then the target's columns (``prediction``; ``predicted_class`` + ``p_<label>``;
     ``odd_element`` + ``probability``); with ``spread`` (the sd over subsets, per set; ``None`` for a set predicted
-    whole, written as empty cells), ``prediction_sd`` / ``p_<label>_sd`` columns after them."""
+    whole, written as empty cells), ``prediction_sd`` / ``p_<label>_sd`` columns after them. With ``escape`` (the
+    default) a text cell a spreadsheet would run as a formula gets a leading ``'``
+    (:func:`deepsets.train.io.escape_csv_cell`; numbers are left as they are)."""
     from ..data.targets import get_target
+    from .io import csv_text
 
     target = get_target(target)
-    buf = io.StringIO()
-    w = csv.writer(buf)
     out_dim = outputs[0].shape[-1] if outputs else 1
     header = target.csv_header(out_dim, classes)
     sd_header = []
     if spread is not None:
         sd_header = [h + "_sd" for h in header if h != "predicted_class"]
-    w.writerow(["set"] + header + sd_header)
+    rows = []
     for i, (n, o) in enumerate(zip(names, outputs)):
         row = [n] + target.csv_row(o, classes)
         if spread is not None:  # empty for a set predicted whole (no subsets, no spread)
             sd = spread[i]
             row += [""] * len(np.atleast_1d(o)) if sd is None else [f"{v:.6g}" for v in np.atleast_1d(sd)]
-        w.writerow(row)
-    return buf.getvalue()
+        rows.append(row)
+    return csv_text(["set"] + header + sd_header, rows, escape=escape)
+
+
+def sets_are_files(ds) -> bool:
+    """Whether each set of ``ds`` (or of the dataset of a ``Subset``) is a file of its own (an FCS folder): then
+    every unreadable file is reported, not only the first."""
+    picked = Picked.of(ds)
+    base = picked.base if isinstance(picked, Picked) else ds
+    return bool(getattr(getattr(base, "reader", None), "sets_are_files", False))
+
+
+def report_unreadable(ds, unreadable: list, skip: bool, echo=None, what: str = "predict") -> None:
+    """Say which sets could not be read (``unreadable``: ``(index, message)`` pairs of :func:`predict_sets`).
+
+    ``skip``: each is listed as ``skipped: MESSAGE`` (through ``echo``, or as a warning); otherwise each is listed as
+    ``unreadable: MESSAGE`` and :class:`DataError` is raised naming them all (with the messages when there is no
+    ``echo`` to list them); a single unreadable set is just the error, with its message."""
+    picked = Picked.of(ds)  # a torch Subset (eval): positions in it are indices of its dataset
+    base, pos = (picked.base, picked.indices) if isinstance(picked, Picked) else (ds, None)
+    reader = getattr(base, "reader", None)
+
+    def where(i):
+        j = pos[i] if pos is not None else i
+        if reader is not None:
+            return reader.describe(j)
+        return base.set_label(j) if hasattr(base, "set_label") else f"set {j}"
+
+    if skip:
+        for _, msg in unreadable:
+            line = f"skipped: {msg}"
+            if echo is not None:
+                echo(line)
+            else:
+                import warnings
+
+                warnings.warn(line, stacklevel=3)
+        return
+    n = len(unreadable)
+    rest = "" if n == len(ds) else f", or pass --skip-unreadable to {what} the others"
+    if n == 1:  # one line says it all
+        raise DataError(f"{unreadable[0][1]}; fix or remove it{rest}")
+    if echo is not None:
+        for _, msg in unreadable:
+            echo(f"unreadable: {msg}")
+        listed = " (" + ", ".join(where(i) for i, _ in unreadable[:20]) + (" ..." if n > 20 else "") + \
+                 "; each is listed above)"
+    else:
+        listed = ": " + "; ".join(m for _, m in unreadable)
+    raise DataError(f"{getattr(base, 'source', '') or 'input'}: {n} of {len(ds)} set{'s' if len(ds) != 1 else ''} "
+                    f"could not be read{listed}; fix or remove them{rest}")
 
 
 #: the layout options of a training run that a prediction reuses unless given again
 PREDICT_OPTIONS = ("set_column", "features", "channels", "channel_map", "layer", "no_header", "key")
 
 
+def open_for_model(module, input_path, **options) -> SetDataset:
+    """The sets of ``input_path`` read as the checkpoint's model expects them.
+
+    ``options`` are the source's layout options (``set_column``, ``features``/``channels``, ``channel_map``,
+    ``layer``, ``no_header``, ``key``); those not given are the training run's, and the features default to the
+    ones the model was trained on (by name, for tables, FCS and ``.h5ad``), so a file whose columns come in
+    another order, or an FCS folder for a model trained on a table, is read right. A source without names
+    (``.npy``/``.h5``/lists) is matched by its number of features."""
+    from ..data.sources import source_for, source_options_of
+    from ..data.tasks import source_options
+    from .run import checkpoint_config
+
+    cfg = checkpoint_config(module)
+    info = module.hparams.get("data_info") or {}
+    given = source_options({k: v for k, v in options.items() if v is not None})
+    kind = source_for(input_path).name
+    opts = source_options({k: v for k, v in cfg.task_options.items() if k in PREDICT_OPTIONS and v is not None})
+    opts.update(given)
+    if kind in ("table", "fcs", "h5ad") and "features" not in opts and info.get("features"):
+        opts["features"] = list(info["features"])
+    accepted = source_options_of(input_path)  # the run's options the format takes
+    opts = {k: v for k, v in opts.items() if k in accepted or k in given}
+    ds = open_input(input_path, expect_dim=module.model.config.in_dim, **opts)
+    if ds.in_dim != module.model.config.in_dim:
+        raise DataError(f"{input_path}: sets have {ds.in_dim} features per element but the checkpoint's model "
+                        f"expects {module.model.config.in_dim}")
+    return ds
+
+
 def predict_file(checkpoint, input_path, output=None, batch_size: int = 64, subsets: int | None = None,
-                 seed: int = 0, echo=None, **options) -> tuple[str, int]:
+                 seed: int = 0, echo=None, csv_escape: bool = True, trust_code: bool = False,
+                 skip_unreadable: bool = False, **options) -> tuple[str, int]:
     """Predict every set of ``input_path``; returns (CSV text, number of sets) and writes ``output`` if given.
+
+    A set that cannot be read (a damaged FCS file, an empty set, NaN values) does not stop the others from being
+    read: every unreadable one is reported, each on one line naming the file (or set) and the problem (through
+    ``echo``), and then :class:`DataError` is raised, unless ``skip_unreadable``: then the other sets are predicted,
+    the skipped ones are listed (``echo``, or a warning) and left out of the CSV.
+
+    ``output`` may not be ``checkpoint`` or ``input_path`` (nor a file inside an input folder): that is refused
+    before anything is read. ``csv_escape``: text cells a spreadsheet would run as formulas (a set id starting
+    with ``=``, ``+``, ``-``, ``@``) get a leading ``'`` (:func:`predictions_csv`); ``False`` writes them as they are.
 
     Sets larger than the model's training set size are predicted as :func:`subset_plan` says (``subsets``: ``None``
     the model's default, ``0`` whole sets, ``K`` subsets; ``seed`` of the subsets); ``echo`` receives the line
@@ -268,35 +378,28 @@ def predict_file(checkpoint, input_path, output=None, batch_size: int = 64, subs
     ``options`` are the source's layout options (``set_column``, ``features``/``channels``, ``channel_map``,
     ``layer``, ``no_header``, ``key``); those not given are the training run's, and the features default to the
     ones the model was trained on (by name, for tables, FCS and ``.h5ad``), so a file whose columns come in
-    another order, or an FCS folder for a model trained on a table, is read right.
+    another order, or an FCS folder for a model trained on a table, is read right. ``trust_code``: import the
+    checkpoint's task if it is given as code (see :func:`deepsets.train.run.load_checkpoint`).
     """
-    from ..data.sources import source_for, source_options_of
-    from .io import atomic_write_text
-    from .run import checkpoint_config, load_checkpoint
+    from .io import atomic_write_text, refuse_input_as_output
+    from .run import load_checkpoint
 
-    module = load_checkpoint(checkpoint)
-    cfg = checkpoint_config(module)
+    refuse_input_as_output(output, {"--input": input_path, "--checkpoint": checkpoint})
+    module = load_checkpoint(checkpoint, trust_code=trust_code)
     info = module.hparams.get("data_info") or {}
-    given = {k: v for k, v in options.items() if v is not None}
-    kind = source_for(input_path).name
-    opts = {k: v for k, v in cfg.task_options.items() if k in PREDICT_OPTIONS and v is not None}
-    if "channels" in given or "features" in given:
-        opts.pop("channels", None), opts.pop("features", None)
-    opts.update(given)
-    if kind in ("table", "fcs", "h5ad") and "channels" not in opts and "features" not in opts and info.get("features"):
-        opts["features"] = list(info["features"])
-    accepted = source_options_of(input_path) | {"channels"}
-    opts = {k: v for k, v in opts.items() if k in accepted or k in given}  # the run's options the format takes
-    ds = open_input(input_path, expect_dim=module.model.config.in_dim, **opts)
-    if ds.in_dim != module.model.config.in_dim:
-        raise DataError(f"{input_path}: sets have {ds.in_dim} features per element but the checkpoint's model "
-                        f"expects {module.model.config.in_dim}")
+    ds = open_for_model(module, input_path, **options)
     spread = [] if subset_plan(module.model, subsets)[0] else None
+    unreadable = [] if skip_unreadable or sets_are_files(ds) else None  # else: the first error stops it
     outs = predict_sets(module.model, ds, batch_size=batch_size, subsets=subsets, seed=seed,
-                        classify=module.target.name == "classification", spread=spread)
+                        classify=module.target.name == "classification", spread=spread, unreadable=unreadable,
+                        predict_after_unreadable=skip_unreadable)
+    names = set_names(ds)
+    if unreadable:
+        report_unreadable(ds, unreadable, skip_unreadable and len(unreadable) < len(ds), echo, "predict")
+        names = [n for i, n in enumerate(names) if i not in {j for j, _ in unreadable}]
     if echo is not None:  # said once the prediction went through
         echo(describe_plan(module.model, subsets))
-    text = predictions_csv(set_names(ds), outs, module.target, info.get("classes"), spread)
+    text = predictions_csv(names, outs, module.target, info.get("classes"), spread, escape=csv_escape)
     if output:
         out = Path(output)
         if out.exists() and out.is_dir():

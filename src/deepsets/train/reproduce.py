@@ -110,7 +110,7 @@ def run_cell(cfg: TrainConfig) -> dict:
         return json.loads(done.read_text())
     resume = (Path(cfg.out) / "checkpoints" / "last.ckpt").is_file()
     t0 = time.time()
-    summary = train(cfg, resume=resume, overwrite=not resume)
+    summary = train(cfg, resume=resume, overwrite=not resume, trust_code=False)  # the package's configs
     result = evaluate(Path(cfg.out) / "checkpoints" / "best.ckpt")
     result.update({"train_seconds": round(time.time() - t0, 1), "steps": summary["steps"],
                    "epochs": summary["epochs_done"], "paper": cfg.paper, "seed": cfg.seed})

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..data import DataError, check_before_training, collate_sets, get_task, load_task
+from ..data import DataError, check_before_training, collate_sets, get_task
+from ..data.tasks import UntrustedTaskError, is_code, recorded_task
 from ..data._base import loader_timeout, require_labels
 from ..data.targets import explain_target
 from .callbacks import AtomicCheckpointIO, MetricsCSV, NonFiniteLossError, SubsetEpoch, read_metrics
@@ -46,9 +47,12 @@ def unwrap(ds) -> tuple:
     return ds, idx
 
 
-def resolve_task(cfg: TrainConfig, echo=print):
+def resolve_task(cfg: TrainConfig, echo=print, trust_code: bool = False, where: str | None = None):
     """The run's :class:`~deepsets.data.Task`: ``--task``, else ``--target`` on ``--data``, else the target the
-    labels of ``--data`` imply (said once), else the default ``normal-var``. Sets ``cfg.task`` to its name."""
+    labels of ``--data`` imply (said once), else the default ``normal-var``. Sets ``cfg.task`` to its name.
+
+    A task given as code (``file.py:NAME``) is imported only with ``trust_code`` (the caller named it); otherwise
+    it must be registered already (:class:`~deepsets.data.UntrustedTaskError` naming ``where`` if not)."""
     if cfg.task is None:
         if cfg.target is not None:
             cfg.task = cfg.target
@@ -66,7 +70,7 @@ def resolve_task(cfg: TrainConfig, echo=print):
             cfg.task = cfg.target
         else:
             cfg.task = "normal-var"
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, trust_code=trust_code, where=where)
     if cfg.target is not None and cfg.target != task.target:
         raise ValueError(f"--target {cfg.target} does not match task {task.name!r}, whose target is {task.target}")
     from ..metrics import check_selection
@@ -86,8 +90,8 @@ class SetDataModule(pl.LightningDataModule):
 
     def load(self, split: str):
         c = self.cfg
-        return load_task(c.task, split, data=c.data, set_size=c.set_size, seed=c.seed,
-                         fixed_subset=c.fixed_subset, **c.task_options)
+        return get_task(c.task).load(split, data=c.data, set_size=c.set_size, seed=c.seed,
+                                     fixed_subset=c.fixed_subset, **c.task_options)
 
     def setup(self, stage: str | None = None):
         if self.train_set is not None:
@@ -196,6 +200,10 @@ def prepare_out_dir(out: str | Path, resume: bool = False, overwrite: bool = Fal
                 f"output folder {out} already holds files; pass --resume to continue that run, "
                 f"--overwrite to replace it, or choose another --out"
             )
+        links = [name for name in RUN_FILES if (out / name).is_symlink()]
+        if links:  # checked before anything is removed: --overwrite never follows a link into other files
+            raise ValueError(f"--overwrite: {out / links[0]} is a symbolic link; a run only replaces files it wrote "
+                             f"itself: remove or move the link, or choose another --out")
         for name in RUN_FILES:  # only what a run writes; anything else of the user's stays
             p = out / name
             if p.is_dir():
@@ -352,12 +360,13 @@ def flag_name(field_name: str) -> str:
 
 
 def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, dataset=None, echo=print,
-          changed=None) -> dict:
+          changed=None, trust_code: bool = True) -> dict:
     with contextlib.ExitStack() as run:  # the run folder's lock and guard (deepsets.train.guard), entered in _train
-        return _train(cfg, resume, overwrite, dataset, echo, changed, run)
+        return _train(cfg, resume, overwrite, dataset, echo, changed, run, trust_code)
 
 
-def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, changed, run: contextlib.ExitStack) -> dict:
+def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, changed, run: contextlib.ExitStack,
+           trust_code: bool = True) -> dict:
     """Train one model; returns a summary (and writes ``config.yaml``, ``metrics.csv``, checkpoints, PNG).
 
     ``dataset`` (a dataset or ``Subset`` of one) replaces the task's training split: cross-validation folds
@@ -366,6 +375,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
     ``resume=True`` continues the run in ``cfg.out`` exactly as saved in its ``config.yaml``; the fields named in
     ``changed`` (default: those of ``cfg`` that differ from :class:`TrainConfig`'s defaults) are taken from
     ``cfg``, and only the budget and hardware may change (see :func:`resume_config`).
+
+    ``cfg.task`` given as code (``file.py:NAME``, ``module:NAME``) is imported: the caller named it
+    (``trust_code=False``, as the command line passes after importing ``--task`` itself: only a registered task).
+    The task of a resumed run's ``config.yaml`` is never imported: name it again in ``cfg.task``.
 
     Like the ``deepsets`` command, this tunes the process's allocator (:func:`deepsets.runtime.tune_allocator`)
     unless ``DEEPSETS_TUNE_MALLOC=0``.
@@ -379,6 +392,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
     tune_allocator()
     cfg = copy.deepcopy(cfg)
     quiet = (lambda *a: None) if launched_worker() else echo
+    if trust_code and cfg.task is not None:  # the caller's own task (imported before a resumed run is read)
+        get_task(cfg.task, trust_code=True)
     if not resume or cfg.out is None:  # a bad task fails before any folder is made; the default folder is named
         resolve_task(cfg, echo=quiet)  # after the task, model, depth and seed
         _absolute_paths(cfg)
@@ -392,10 +407,17 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
     guard = run.enter_context(RunGuard(out))
     if resume:
         cfg = resume_config(out, cfg, changed_fields(cfg) if changed is None else changed, echo=echo)
+    if resume and is_code(cfg.task):  # the saved config.yaml's task, not named by the caller: never imported
+        raise UntrustedTaskError(cfg.task, f"the run to resume ({out / 'config.yaml'}) was trained with",
+                                 python="TrainConfig(task=...)")
     task = resolve_task(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = SetDataModule(cfg, dataset)
     dm.setup("fit")
+    if len(dm.train_set) + len(dm.val_set) < 2:
+        where = getattr(unwrap(dm.train_set)[0], "source", None) or cfg.data or cfg.task
+        raise DataError(f"{where}: {len(dm.train_set) + len(dm.val_set)} set(s) to train on; training needs at "
+                        f"least 2 (one is held out for validation)")
     check_before_training(dm.train_set, dm.val_set, None if dataset is not None else lambda: dm.load("test"))
     if not resume:
         from .regime import resolve_regime
@@ -413,12 +435,15 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
         dm.info["transform"] = specs
         quiet(summary(specs, dm.info.get("features"), cfg.standardize, why))
     kw = model_kwargs(cfg, dm.info)
+    last = read_checkpoint(out / "checkpoints" / "last.ckpt") if resume else None
     if resume and not task.paper:  # the size the run measured on its training sets (fit_to_training_sets below)
-        saved = read_checkpoint(out / "checkpoints" / "last.ckpt")["hyper_parameters"]["model_kwargs"]
+        saved = last["hyper_parameters"]["model_kwargs"]
         if saved.get("trained_set_size"):
             kw["trained_set_size"] = saved["trained_set_size"]
     module = SetModule(cfg.model, kw, cfg.task, task.target, cfg.lr, train_config=cfg.to_dict(),
                        data_info=dm.info, weight_decay=cfg.weight_decay or 0.0)
+    if resume:
+        check_resumable(module, last, out)
     if not resume and not task.paper:
         from .preprocessing import fit_to_training_sets
 
@@ -522,6 +547,24 @@ def mark_best(trainer, val_loss: float, best: Path) -> None:
     cb.kth_best_model_path, cb.kth_value = str(best), score
 
 
+def check_resumable(module, ckpt: dict, out: Path) -> None:
+    """The checkpoint of ``--resume`` holds the weights of the model that ``config.yaml`` describes, or a clear
+    ValueError names both (instead of a raw state_dict error from deep inside Lightning)."""
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    if want == have:
+        return
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    shape = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    hp = ckpt["hyper_parameters"]
+    first = (f"{len(missing)} weights missing, e.g. {missing[0]}" if missing else
+             f"{len(extra)} unexpected weights, e.g. {extra[0]}" if extra else
+             f"{len(shape)} weights of another shape, e.g. {shape[0]}: {have[shape[0]]} vs {want[shape[0]]}")
+    raise ValueError(f"--resume: {out / 'checkpoints' / 'last.ckpt'} does not match {out / 'config.yaml'}: the "
+                     f"checkpoint holds a {hp.get('model')} model, config.yaml describes {module.hparams['model']} "
+                     f"({first}); restore the run's own checkpoint, or start again with --overwrite")
+
+
 def complete_epochs(trainer) -> int:
     """Epochs trained to their end (Lightning's ``current_epoch`` also counts one a step budget stopped inside)."""
     per_epoch = trainer.num_training_batches
@@ -559,11 +602,16 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> SetModule:
-    """Load a training checkpoint; a missing, corrupt or foreign file gives a clear error."""
+def load_checkpoint(path: str | Path, map_location="cpu", trust_code: bool = False) -> SetModule:
+    """Load a training checkpoint; a missing, corrupt or foreign file gives a clear error.
+
+    A checkpoint trained with a task given as code (``file.py:NAME`` / ``module:NAME``) that is not registered in
+    this process raises :class:`~deepsets.data.UntrustedTaskError`; ``trust_code=True`` imports that task (do so only
+    for a checkpoint whose task you would run yourself: ``--task`` on the command line)."""
     p = Path(path)
     ckpt = read_checkpoint(p, map_location)
     hp = ckpt["hyper_parameters"]
+    recorded_task(hp.get("task"), f"checkpoint {p} was trained with", trust_code)
     try:
         module = SetModule(**hp)
     except (TypeError, ValueError) as e:
@@ -603,12 +651,25 @@ LAYOUT_OPTIONS = ("set_column", "label_column", "split_column", "features", "cha
                   "no_header", "key", "label_key")
 
 
+def checkpoint_trust(checkpoint: str | Path, task: str | None) -> bool:
+    """``--task`` of ``eval``/``predict``/``export``: the checkpoint's task named again, which trusts it (a task given
+    as code is then imported: the ``trust_code`` this returns). Another task than the checkpoint's is refused."""
+    if task is None:
+        return False
+    recorded = read_checkpoint(checkpoint)["hyper_parameters"].get("task")
+    if recorded != task:
+        raise ValueError(f"{checkpoint}: the checkpoint was trained on task {recorded!r}, not {task!r}"
+                         + (f"; to run its task give --task {recorded}" if is_code(recorded) else ""))
+    return True
+
+
 def checkpoint_config(module) -> TrainConfig:
     hp = module.hparams
     return TrainConfig.from_dict(hp["train_config"]) if hp.get("train_config") else TrainConfig(task=hp["task"])
 
 
-def evaluate_dataset(module, ds, subsets: int | None = None, batch_size: int = 64, seed: int = 0) -> dict:
+def evaluate_dataset(module, ds, subsets: int | None = None, batch_size: int = 64, seed: int = 0,
+                     skip_unreadable: bool = False, echo=None) -> dict:
     """``{"sets", "loss", METRIC[, "label_variance"], OTHER METRICS}`` of a model on a labeled dataset (or Subset).
 
     The other metrics are every metric of the target (:mod:`deepsets.metrics`: ``accuracy``,
@@ -616,19 +677,34 @@ def evaluate_dataset(module, ds, subsets: int | None = None, batch_size: int = 6
 
     Your own data are predicted on whole sets, or on ``subsets`` random subsets of the training size per larger
     set (:func:`deepsets.train.predict.subset_plan`; ``None``: the model's default; ``seed``: of the subsets); the
-    paper's tasks average ``subsets`` (default 1) subsets of the task's set size, as the paper evaluates."""
+    paper's tasks average ``subsets`` (default 1) subsets of the task's set size, as the paper evaluates.
+
+    Your own data: every set that cannot be read (a damaged file) is reported (:func:`~deepsets.train.predict.
+    report_unreadable`, through ``echo``), then :class:`DataError` is raised, unless ``skip_unreadable``: then the
+    other sets are evaluated and ``"skipped"`` counts the left-out ones."""
     base, idx = unwrap(ds)
     require_labels(base)
     if base.in_dim != module.model.config.in_dim:
         raise ValueError(f"{getattr(base, 'source', 'data')}: sets have {base.in_dim} features but the checkpoint's "
                          f"model expects {module.model.config.in_dim}")
     target = module.target
-    own = target.output != "elements" and not get_task(module.hparams["task"]).paper
+    task = get_task(module.hparams["task"], where="the model was trained with")  # registered (load_checkpoint)
+    own = target.output != "elements" and not task.paper
     if own:  # your own data: whole sets, or the mean over subsets of the training size (predict.subset_plan)
         from .predict import predict_sets
 
+        from .predict import sets_are_files
+
+        unreadable = [] if skip_unreadable or sets_are_files(ds) else None  # else: the first error stops it
         outs = predict_sets(module.model, ds, batch_size=batch_size, subsets=subsets, seed=seed,
-                            classify=target.name == "classification", progress=False)
+                            classify=target.name == "classification", progress=False, unreadable=unreadable,
+                            predict_after_unreadable=skip_unreadable)
+        if unreadable:
+            from .predict import report_unreadable
+
+            report_unreadable(ds, unreadable, skip_unreadable and len(unreadable) < len(idx), echo, "evaluate")
+            bad = {j for j, _ in unreadable}
+            idx = np.asarray([i for k, i in enumerate(idx) if k not in bad])
         out = torch.from_numpy(np.stack(outs)) if outs else torch.zeros(0, base.out_dim)
         ys = torch.stack([base.target_of(int(i)) for i in idx])
         items = None
@@ -642,7 +718,9 @@ def evaluate_dataset(module, ds, subsets: int | None = None, batch_size: int = 6
         for i, (x, _) in enumerate(items):
             mask[i, : x.shape[0]] = True
     loss, metric = target.loss(out, ys, mask)
-    result = {"sets": len(ds), "loss": loss.item(), target.metric: metric.item()}
+    result = {"sets": len(ys), "loss": loss.item(), target.metric: metric.item()}
+    if len(ys) < len(ds):  # skip_unreadable
+        result["skipped"] = len(ds) - len(ys)
     if target.metric == "mse":  # the MSE of always predicting the test labels' mean
         ys_f = ys.float().view_as(out)
         result["label_variance"] = ((ys_f - ys_f.mean()) ** 2).mean().item()
@@ -656,16 +734,18 @@ def evaluate_dataset(module, ds, subsets: int | None = None, batch_size: int = 6
 
 def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test", subsets: int | None = None,
              batch_size: int = 64, task_options: dict | None = None, seed: int = 0, set_sizes=None,
-             echo=None) -> dict:
+             echo=None, trust_code: bool = False, skip_unreadable: bool = False) -> dict:
     """Test metrics of a checkpoint on the task's test split (offline default or ``data``).
 
     With ``data``, the layout options the model was trained with (set and label columns, features, layer, ...)
     are kept and ``task_options`` may override them; classes keep the training order. ``subsets`` and ``seed``:
     how sets larger than the training set size are predicted (see :func:`evaluate_dataset`); ``echo`` receives the
     line that says which. ``set_sizes``: also the metrics with every set cut to each of these sizes (a random
-    subset; smaller sets stay whole), under ``"set_sizes"``: the set-size generalisation report.
+    subset; smaller sets stay whole), under ``"set_sizes"``: the set-size generalisation report. ``trust_code``:
+    import the checkpoint's task if it is given as code (see :func:`load_checkpoint`). ``skip_unreadable``: sets
+    that cannot be read (damaged files) are listed through ``echo`` and left out (see :func:`evaluate_dataset`).
     """
-    module = load_checkpoint(checkpoint)
+    module = load_checkpoint(checkpoint, trust_code=trust_code)
     hp = module.hparams
     cfg = checkpoint_config(module)
     if data is None:
@@ -690,8 +770,8 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
             opts["features"] = list(features)
     if classes is not None and task.classes is None:
         opts["classes"] = classes
-    ds = load_task(hp["task"], split, data=data if data is not None else cfg.data, set_size=cfg.set_size,
-                   seed=cfg.seed, **opts)
+    ds = task.load(split, data=data if data is not None else cfg.data, set_size=cfg.set_size, seed=cfg.seed,
+                   **opts)
     k = subsets if subsets is not None else cfg.eval_subsets
     result = {"checkpoint": str(checkpoint), "task": hp["task"], "model": hp["model"],
               "depth": module.model.config.depth, "split": split, "subsets": k}
@@ -700,14 +780,16 @@ def evaluate(checkpoint: str | Path, data: str | None = None, split: str = "test
 
         line = describe_plan(module.model, k)
         result["prediction"] = line.partition(": ")[2]
-    result.update(evaluate_dataset(module, ds, k, batch_size, seed))
+    result.update(evaluate_dataset(module, ds, k, batch_size, seed, skip_unreadable=skip_unreadable, echo=echo))
     if not task.paper and echo is not None:  # said once the evaluation went through
         echo(line)
     if set_sizes:
         from ..data import resized
 
         result["set_sizes"] = [{"set_size": int(n), **evaluate_dataset(module, resized(ds, int(n), seed), k,
-                                                                       batch_size, seed)} for n in set_sizes]
+                                                                       batch_size, seed, skip_unreadable,
+                                                                       echo=lambda line: None)}  # listed once
+                               for n in set_sizes]
     return result
 
 

@@ -75,7 +75,7 @@ def tune_fold(cfg: TrainConfig, searched: list[str], metric: str, k: int, train_
               fold_dir: str, inner_folds: int, trials: int, full=None) -> dict:
     """Outer fold ``k``: the study on its training part, then the best setting tested on its held-out sets
     (cached in ``fold_dir/result.json``)."""
-    from ..data import load_task
+    from ..data import get_task
     from ..metrics import HIGHER_IS_BETTER
     from .cv import fold_set_ids, fold_splits, run_fold
     from .io import atomic_write_text
@@ -85,9 +85,9 @@ def tune_fold(cfg: TrainConfig, searched: list[str], metric: str, k: int, train_
     if done.is_file():
         return json.loads(done.read_text())
     optuna = _optuna()
-    if full is None:
-        full = load_task(cfg.task, "train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
-                         fixed_subset=cfg.fixed_subset, **cfg.task_options)
+    if full is None:  # a job: its arguments come from the tune command, which checked the task (imported in a job)
+        full = get_task(cfg.task, trust_code=True).load("train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
+                                                        fixed_subset=cfg.fixed_subset, **cfg.task_options)
     train_idx = np.asarray(train_idx)
     targets = np.asarray([np.asarray(full.target_of(int(i))).reshape(-1)[0] for i in train_idx])
     stratify = getattr(full, "target_kind", "") == "class"
@@ -127,16 +127,17 @@ def tune_fold(cfg: TrainConfig, searched: list[str], metric: str, k: int, train_
 
 
 def tune(cfg: TrainConfig, folds: int = 5, inner_folds: int = 3, trials: int = 20, out: str | Path | None = None,
-         overwrite: bool = False, echo=print, executor: str | None = None, parallel: int = 2, slurm=None) -> dict:
+         overwrite: bool = False, echo=print, executor: str | None = None, parallel: int = 2, slurm=None,
+         trust_code: bool = True) -> dict:
     """Nested cross-validation of an Optuna search (see the module docstring); returns ``tune.json``'s contents
-    plus ``path``."""
+    plus ``path``. ``trust_code`` as in :func:`deepsets.train.cv.cross_validate`."""
     from .run import resolve_task
 
     if trials < 1 or inner_folds < 2:
         raise ValueError(f"--trials must be >= 1 and --inner-folds >= 2, got {trials} and {inner_folds}")
     _optuna()
     cfg = copy.deepcopy(cfg)
-    task = resolve_task(cfg, echo=echo)
+    task = resolve_task(cfg, echo=echo, trust_code=trust_code)
     out = Path(out or cfg.out or Path("runs") / f"tune-{task.name.rpartition(':')[2]}-{cfg.model}-s{cfg.seed}")
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
@@ -144,7 +145,6 @@ def tune(cfg: TrainConfig, folds: int = 5, inner_folds: int = 3, trials: int = 2
 
 
 def _tune(cfg, task, folds, inner_folds, trials, out: Path, overwrite, echo, executor, parallel, slurm) -> dict:
-    from ..data import load_task
     from ..data._base import require_labels
     from ..metrics import default_metric
     from .cv import fold_set_ids, fold_splits, mean_se
@@ -152,8 +152,8 @@ def _tune(cfg, task, folds, inner_folds, trials, out: Path, overwrite, echo, exe
     from .io import atomic_write_text
     from .regime import resolve_regime
 
-    full = load_task(cfg.task, "train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
-                     fixed_subset=cfg.fixed_subset, **cfg.task_options)
+    full = task.load("train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed, fixed_subset=cfg.fixed_subset,
+                     **cfg.task_options)
     require_labels(full)
     targets = np.asarray([np.asarray(full.target_of(i)).reshape(-1)[0] for i in range(len(full))])
     splits = fold_splits(targets, folds, task.target == "classification", cfg.seed)

@@ -317,10 +317,17 @@ class SourceDataset(SetDataset):
         require_labels: raise unless every set has a label (``False`` for prediction).
     """
 
+    @staticmethod
+    def _which(reader) -> str:
+        split = getattr(reader, "split", None)
+        return f" in split {split!r}" if isinstance(split, str) else ""
+
     def __init__(self, reader: SetReader, target: str | None = None, classes: Sequence | None = None,
                  task: str = "", require_labels: bool = False, **kw):
         super().__init__(**kw)
         self.reader, self.task, self.source = reader, task, reader.source
+        if len(reader) == 0:
+            raise DataError(f"{reader.source}: holds no sets (0 elements{self._which(reader)}); nothing to read")
         self.feature_names = list(reader.feature_names)
         self.left_out = list(getattr(reader, "left_out", None) or [])  # channels that are not measurements
         self.has_test_split = reader.has_test_split

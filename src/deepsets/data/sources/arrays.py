@@ -18,15 +18,29 @@ from . import SetReader, Source, labels_from_file
 H5_KEYS = ("test_data", "data", "train_data", "test_cloud", "tr_cloud")
 
 
+def check_numeric(dtype, where: str) -> None:
+    """Real numbers (bool, integer, float) only: text is refused, and so are complex values, whose imaginary part
+    a conversion to float32 would drop silently."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise DataError(f"{where}: holds complex numbers ({dtype}); sets must be real-valued (converting would drop "
+                        f"the imaginary part): store the real and imaginary parts as two features")
+    if dtype.kind not in "biuf":
+        raise DataError(f"{where}: holds {dtype} values, not numbers; sets must be numeric arrays")
+
+
 class ListReader(SetReader):
     """Sets held in memory: a list of ``[n_i, D]`` arrays, optionally labels and set ids."""
 
     def __init__(self, sets, labels=None, set_ids=None, feature_names=None, source: str = "sets"):
         self.source = source
         try:
-            self.sets = [np.asarray(s, dtype=np.float32) for s in sets]
+            raw = [np.asarray(s) for s in sets]
         except (TypeError, ValueError) as e:
             raise DataError(f"{source}: every set must be a numeric array [n_i, D]: {e}") from None
+        for i, s in enumerate(raw):
+            check_numeric(s.dtype, f"{source}: set {i}")
+        self.sets = [s.astype(np.float32, copy=False) for s in raw]
         if not self.sets:
             raise DataError(f"{source}: no sets given")
         for i, s in enumerate(self.sets):
@@ -60,6 +74,7 @@ class NpyReader(SetReader):
             raise DataError(f"{self.path}: not a readable .npy file: {e}") from None
         if self.arr.ndim != 3:
             raise DataError(f"{self.path}: expected an array [sets, elements, features], found shape {self.arr.shape}")
+        check_numeric(self.arr.dtype, str(self.path))
         self.source = str(self.path)
         self.set_ids = [str(i) for i in range(self.arr.shape[0])]
         self.feature_names = [f"x{j}" for j in range(self.arr.shape[2])]
@@ -88,6 +103,7 @@ class H5Reader(SetReader):
             if key not in f:
                 raise DataError(f"{self.path}: no key {key!r}; keys in the file: {sorted(f.keys())}")
             shape = f[key].shape
+            check_numeric(f[key].dtype, f"{self.path}:{key}")
             self.has_test_split = key == "train_data" and "test_data" in f
             if len(shape) != 3:
                 raise DataError(f"{self.path}: {key} must be [sets, elements, features], found shape {shape}")

@@ -34,6 +34,10 @@ def read_h5ad_column(group, name: str, path="") -> np.ndarray:
         cols = [k for k in group if not k.startswith("__") and k not in ("_index", "index")]
         raise DataError(f"{path}: column {name!r} not found in /{group.name.strip('/')}; available: {cols}")
     obj = group[name]
+    if hasattr(obj, "keys") and {"values", "mask"} <= set(obj.keys()):  # nullable integer/boolean/string
+        vals = _decode(obj["values"][()]).astype(object)
+        vals[np.asarray(obj["mask"][()], dtype=bool)] = None
+        return vals
     if hasattr(obj, "keys"):  # anndata >= 0.8 categorical group
         if "codes" not in obj or "categories" not in obj:
             raise DataError(f"{path}: {obj.name} is a group without codes/categories")
@@ -143,9 +147,14 @@ class H5ADReader(SetReader):
         if missing:
             raise DataError(f"{path}: cell {missing[0]} has no set (obs/{set_column} is missing)")
         order: dict = {}
+        text = {}  # each value's text: set ids are the text of obs[set_column] (an integer column gives 7)
         for r in np.flatnonzero(keep):
-            order.setdefault(sets[r], []).append(r)
-        self.set_ids = [str(s) for s in order]
+            v = sets[r]
+            t = text.get(v)
+            if t is None:
+                t = text[v] = str(v.item() if isinstance(v, np.generic) else v)
+            order.setdefault(t, []).append(r)
+        self.set_ids = list(order)
         self.rows = [np.asarray(v, dtype=np.int64) for v in order.values()]
         self._label_args = (label_column, labels, split)
         if labels is not None:

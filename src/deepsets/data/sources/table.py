@@ -2,10 +2,18 @@
 
 The table is read once, in chunks (pandas for CSV/TSV, pyarrow for Parquet, both from the ``tables`` extra):
 the feature columns are converted to float32 into a memory-mapped file in the data folder
-(``$DEEPSETS_DATA/tables/``, keyed by the file's path, size, modification time and the chosen columns), and each
-set becomes a list of row positions. Later runs on the same file reuse the index. Reading a set is then a slice
-of the memory map (a gather when a set's rows are not contiguous), so resident memory stays far below the
-table's size and sets are served faster than a deep model trains on them (``benchmarks/table_loader.py``).
+(``$DEEPSETS_DATA/tables/``, keyed by the file's path, its content fingerprint (:mod:`deepsets.data.fingerprint`:
+size and a hash of its bytes, so a file edited in place is indexed again whatever its modification time) and the
+chosen columns), and each set becomes a list of row positions. Later runs on the same file reuse the index.
+Reading a set is then a slice of the memory map (a gather when a set's rows are not contiguous), so resident
+memory stays far below the table's size and sets are served faster than a deep model trains on them
+(``benchmarks/table_loader.py``).
+
+Set ids, labels and the split column are read as text, exactly as written (``007`` and ``7`` are two sets; a
+Parquet integer column gives ``7``, not ``7.0``); a label column whose every text is a plain number (or
+``True``/``False``) is read as numbers (booleans), as long as no two labels become one value (``1`` and ``1.0``),
+else labels stay text. The feature columns are chosen from the first rows, and must be numeric in every row of
+the file.
 
 Checks while indexing (each a one-line :class:`~deepsets.data.DataError` naming the file): a named column that
 does not exist (the message lists the columns there are), a feature column with a non-numeric value (column,
@@ -18,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +75,25 @@ def _sep(path: Path):
     return sep if sep is not None else r"\s+|,"
 
 
-def _chunks(path: Path, columns: list, no_header: bool):
-    """DataFrames of the chosen columns, ``CHUNK_ROWS`` rows at a time."""
+def _arrow_text(arr):
+    """A Parquet column as text (``None`` where missing): integers and strings as Arrow writes them (``7``, never
+    ``7.0``), other types (floats, booleans, dates) as Python writes them (``7.5``, ``True``), as in a CSV."""
+    import pyarrow as pa
+
+    t = arr.type.value_type if pa.types.is_dictionary(arr.type) else arr.type
+    if pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t):
+        return arr.cast(pa.string()).to_pandas().astype(object)
+    s = arr.to_pandas()
+    out = s.astype(str).astype(object)
+    out[s.isna().to_numpy()] = None
+    return out
+
+
+def _chunks(path: Path, columns: list, no_header: bool, text=()):
+    """DataFrames of the chosen columns, ``CHUNK_ROWS`` rows at a time; the ``text`` columns (set ids, labels,
+    split) as text exactly as written, surrounding spaces removed."""
     pd = _pandas()
+    text = [c for c in text if c in columns]
     if _is_parquet(path):
         import pyarrow.parquet as pq
 
@@ -78,19 +103,59 @@ def _chunks(path: Path, columns: list, no_header: bool):
         start = 0
         for batch in f.iter_batches(batch_size=CHUNK_ROWS, columns=cols, use_threads=False):
             df = batch.to_pandas()
+            for c in text:  # never through floats: an integer id column gives 7, not 7.0
+                name = names[c] if no_header else c
+                df[name] = _arrow_text(batch.column(name)).to_numpy()
             df.index = pd.RangeIndex(start, start + len(df))  # row numbers of the file, for messages
             start += len(df)
             if no_header:
                 df.columns = columns
-            yield df
+            yield _strip(df, text)
         return
     kw = {"sep": _sep(path), "header": None if no_header else "infer", "usecols": columns,
-          "chunksize": CHUNK_ROWS, "engine": "python" if _sep(path) == r"\s+|," else "c"}
+          "chunksize": CHUNK_ROWS, "engine": "python" if _sep(path) == r"\s+|," else "c",
+          "dtype": {c: str for c in text}}  # ids as written: 007 and 7 are two sets, never numbers per chunk
     try:
         for df in pd.read_csv(path, **kw):
-            yield df
+            yield _strip(df, text)
     except (ValueError, pd.errors.ParserError) as e:
         raise DataError(f"{path}: cannot parse the table: {' '.join(str(e).split())}") from None
+
+
+def _strip(df, text):
+    for c in text:
+        df[c] = df[c].map(lambda v: v.strip() if isinstance(v, str) else v, na_action="ignore")
+    return df
+
+
+_INT_TEXT = re.compile(r"0|-?[1-9][0-9]*")
+
+
+def _typed_labels(values: list) -> list:
+    """Labels read as text, as numbers (or booleans) where that keeps each label's text: every text is an integer
+    as Python writes it (``7``, not ``007`` or ``+7``), a float as Python writes it (``0.5``, ``1.0``), or
+    ``True``/``False``, and no two texts become one value (``1`` and ``1.0``); otherwise they stay text."""
+    texts = {v for v in values if isinstance(v, str)}
+    if not texts:
+        return values
+    if texts <= {"True", "False"}:
+        typed = {"True": True, "False": False}
+    else:
+        typed = {}
+        for t in texts:
+            if _INT_TEXT.fullmatch(t):
+                typed[t] = int(t)
+                continue
+            try:
+                f = float(t)
+            except ValueError:
+                return values
+            if repr(f) != t:
+                return values
+            typed[t] = f
+        if len(set(typed.values())) < len(typed):
+            return values
+    return [typed[v] if isinstance(v, str) else v for v in values]
 
 
 def _resolve(col, columns: list, path: Path, no_header: bool, what: str):
@@ -129,8 +194,10 @@ def _check_header(columns: list, path: Path) -> None:
 
 
 def _cache_key(path: Path, parts) -> str:
-    st = path.stat()
-    raw = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, parts], default=str)
+    """The index of ``path`` read with ``parts`` (columns, options): keyed by the file's content, not its times."""
+    from ..fingerprint import fingerprint
+
+    raw = json.dumps(["text-ids", str(path.resolve()), fingerprint(path), parts], default=str)
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -149,6 +216,7 @@ class TableReader(SetReader):
         if not no_header:
             _check_header(columns, self.path)
         set_col = _resolve(set_column, columns, self.path, no_header, "set column")
+        self.set_column, self.no_header = set_col, no_header  # what a per-element column is grouped by (explain)
         label_col = _resolve(label_column, columns, self.path, no_header, "label column")
         split_col = _resolve(split_column, columns, self.path, no_header, "split column")
         taken = {c for c in (set_col, label_col, split_col) if c is not None}
@@ -176,8 +244,11 @@ class TableReader(SetReader):
             return
         folder.mkdir(parents=True, exist_ok=True)
         usecols = [set_col] + [c for c in (label_col, split_col) if c is not None]
+        text = list(usecols)  # read as text, exactly as written
         if feats is None:  # all numeric columns but the set/label/split ones, from the first rows
-            first = next(_chunks(self.path, columns, no_header))
+            first = next(_chunks(self.path, columns, no_header, text), None)
+            if first is None or len(first) == 0:
+                raise DataError(f"{self.path}: holds no rows (a header only); nothing to read")
             feats = [c for c in columns if c not in taken and pd.api.types.is_numeric_dtype(first[c])
                      and not pd.api.types.is_bool_dtype(first[c])]
             for c in columns:  # a column of numbers with a stray text value is an error, not a silent drop
@@ -185,6 +256,11 @@ class TableReader(SetReader):
                     continue
                 vals = first[c].dropna()
                 num = pd.to_numeric(vals, errors="coerce")
+                if len(vals) and num.notna().all():  # numbers pandas keeps as objects: beyond 64-bit integers
+                    j = vals.index[0]
+                    raise DataError(f"{self.path}: column {c!r} holds numbers too large for a 64-bit number (row "
+                                    f"{int(j)}: {str(vals[j])[:40]}); leave it out with --features, or store it "
+                                    f"as a decimal number")
                 if len(vals) and num.notna().mean() >= 0.9:
                     j = vals.index[num.isna().to_numpy()][0]
                     raise DataError(f"{self.path}: column {c!r} holds numbers but row {int(j)} holds "
@@ -199,13 +275,14 @@ class TableReader(SetReader):
         tmp = data_path.with_name(f".{data_path.name}.{os.getpid()}.tmp")
         n_rows = 0
         with open(tmp, "wb") as out:
-            for df in _chunks(self.path, usecols, no_header):
+            for chunk, df in enumerate(_chunks(self.path, usecols, no_header, text)):
                 if split_col is not None and split is not None:
                     df = df[df[split_col].astype(str).str.strip() == split]
-                x = self._features(df, feats, n_rows)
+                x = self._features(df, feats, chunk > 0)
                 sid = df[set_col]
-                if sid.isna().any():
-                    j = int(np.flatnonzero(sid.isna().to_numpy())[0])
+                empty = (sid.isna() | (sid == "")).to_numpy()
+                if empty.any():
+                    j = int(np.flatnonzero(empty)[0])
                     raise DataError(f"{self.path}: row {int(df.index[j])} has no set id (column {set_col!r} is "
                                     f"empty)")
                 local, uniq = pd.factorize(sid, sort=False)
@@ -237,14 +314,16 @@ class TableReader(SetReader):
         meta = {"features": [str(f) for f in feats], "set_ids": set_ids, "counts": counts.tolist(),
                 "contiguous": contiguous, "rows": n_rows,
                 "nonfinite": [[k, *v] for k, v in sorted(nonfinite.items(), key=lambda kv: kv[1][3])],
-                "labels": None if label_col is None else [labels[s] for s in ids]}
+                "labels": None if label_col is None else _typed_labels([labels[s] for s in ids])}
         os.replace(tmp, data_path)
         tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
         tmp_meta.write_text(json.dumps(meta))
         os.replace(tmp_meta, meta_path)  # the index is complete once its meta file exists
         self._load_index(meta, order_path, data_path)
 
-    def _features(self, df, feats, first_row) -> np.ndarray:
+    def _features(self, df, feats, later: bool) -> np.ndarray:
+        """The feature columns of one chunk as float64; ``later``: not the first chunk (earlier rows held numbers
+        wherever they were read)."""
         pd = _pandas()
         cols = []
         for c in feats:
@@ -254,6 +333,10 @@ class TableReader(SetReader):
                 bad = num.isna() & s.notna()
                 if bad.any() or pd.api.types.is_bool_dtype(s):
                     j = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
+                    if later:  # numbers in earlier rows: the column's type is the whole file's, not a chunk's
+                        raise DataError(f"{self.path}: feature column {c!r} holds numbers in earlier rows but row "
+                                        f"{int(df.index[j])} holds {s.iloc[j]!r}; clean the column, or choose "
+                                        f"numeric columns with --features")
                     raise DataError(f"{self.path}: feature column {c!r} is not numeric: row {int(df.index[j])} "
                                     f"holds {s.iloc[j]!r}; choose numeric columns with --features")
                 s = num

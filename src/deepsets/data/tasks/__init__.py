@@ -6,6 +6,11 @@ knowledge (training, evaluation, prediction, ``data list|build|info``, ``reprodu
 asks a :class:`Task`. A new task is one file that calls :func:`register_task`; the command line also takes
 ``--task module:NAME`` or ``--task path/to/file.py:NAME`` (the object ``NAME`` there is a :class:`Task`), so a
 task defined outside the package needs no edit of it.
+
+A task given as code is imported only where the user names it (``--task``, :func:`import_task`, :func:`load_task`,
+``trust_code=True``): :func:`get_task` returns registered tasks only, so a name read from a checkpoint, a run's
+``config.yaml``, a ``--config`` file or a saved model's ``config.json`` never runs code
+(:class:`UntrustedTaskError` says how to name it).
 """
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ from pathlib import Path
 from .._base import DataError, SetDataset, check_exists, open_h5
 from ..targets import Target, get_target
 
-__all__ = ["TASKS", "Task", "TaskSpec", "call_with_options", "detect_task", "get_task",
-           "list_tasks", "load_task", "paper_tasks", "register_task"]
+__all__ = ["TASKS", "Task", "TaskSpec", "UntrustedTaskError", "call_with_options", "detect_task", "get_task",
+           "import_task", "is_code", "list_tasks", "load_task", "paper_tasks", "recorded_task", "register_task"]
 
 
 @dataclass(frozen=True)
@@ -170,16 +175,59 @@ def _import_task(spec: str) -> Task:
     return register_task(obj)
 
 
-def get_task(name: str | Task) -> Task:
-    """The :class:`Task` ``name``; an unknown name raises ValueError listing the valid ones."""
+def is_code(name) -> bool:
+    """Whether ``name`` is a task given as code (``module:NAME`` / ``path/file.py:NAME``) not registered yet."""
+    return isinstance(name, str) and ":" in name and name not in TASKS
+
+
+class UntrustedTaskError(ValueError):
+    """A task given as code (``module:NAME`` / ``file.py:NAME``) that was read from a file (a checkpoint, a run's
+    ``config.yaml``, a ``--config`` file, a saved model's ``config.json``) rather than named by the user: it is not
+    imported. ``spec``: the task; ``where``: what recorded it (``"checkpoint X was trained with"``)."""
+
+    def __init__(self, spec: str, where: str | None = None, python: str = "trust_code=True"):
+        self.spec = spec
+        what = f"{where} the task {spec!r}, which is code" if where else f"the task {spec!r} is code"
+        super().__init__(f"{what}; name it again to run it: --task {spec} (Python: {python})")
+
+
+def import_task(spec: str) -> Task:
+    """The task ``spec``, importing a task given as code (``module:NAME`` / ``path/file.py:NAME``; the object
+    ``NAME`` there is a :class:`Task`, registered as ``spec``). This runs that code: call it only with a task you
+    named yourself (``--task``), never with a name read from a file."""
+    return get_task(spec, trust_code=True)
+
+
+def get_task(name: str | Task, trust_code: bool = False, where: str | None = None) -> Task:
+    """The registered :class:`Task` ``name``; an unknown name raises ValueError listing the valid ones.
+
+    Nothing is imported: a task given as code (``module:NAME`` / ``file.py:NAME``) that is not registered in this
+    process raises :class:`UntrustedTaskError` (``where``: what recorded the name, for its message), unless
+    ``trust_code=True`` (the caller named the task itself), which imports it (:func:`import_task`).
+    """
     if isinstance(name, Task):
         return name
     if isinstance(name, str) and name in TASKS:
         return TASKS[name]
-    if isinstance(name, str) and ":" in name:
-        return _import_task(name)
+    if is_code(name):
+        if trust_code:
+            return _import_task(name)
+        raise UntrustedTaskError(name, where)
     raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)} (or module:NAME / file.py:NAME "
                      f"for a task of your own)")
+
+
+def recorded_task(name, where: str, trust_code: bool = False, python: str = "trust_code=True") -> Task | None:
+    """The task a file recorded (a checkpoint's, a saved model's): the registered one; a task given as code is
+    imported only with ``trust_code`` (else :class:`UntrustedTaskError` naming ``where``); ``None`` for any other
+    name (a task of another version or process: the file can still be read)."""
+    if isinstance(name, str) and name in TASKS:
+        return TASKS[name]
+    if is_code(name):
+        if trust_code:
+            return _import_task(name)
+        raise UntrustedTaskError(name, where, python)
+    return None
 
 
 def call_with_options(cls_or_fn, kwargs: dict, task: str):
@@ -236,7 +284,8 @@ def load_task(name: str, split: str = "train", data=None, set_size: int | None =
     """A :class:`torch.utils.data.Dataset` of ``(x [n_i, D] float32, y)`` for a task and split.
 
     Args:
-        name: a task of :data:`TASKS` (or ``module:NAME`` / ``file.py:NAME``).
+        name: a task of :data:`TASKS` (or ``module:NAME`` / ``file.py:NAME``: a task of your own, imported as
+            you name it here; see :func:`import_task`).
         split: ``"train"`` or ``"test"``.
         data: ``None`` for the offline default (generated or simulated deterministically), or a path to the real
             format (file, folder, or a list of files for ModelNet40), or any source of
@@ -253,8 +302,8 @@ def load_task(name: str, split: str = "train", data=None, set_size: int | None =
     ``data_seed`` (default 0) fixes the generated data, so different training seeds see the same data set (like
     a real data set); ``seed`` only changes the subsampling.
     """
-    return get_task(name).load(split, data=data, set_size=set_size, seed=seed, fixed_subset=fixed_subset,
-                               **options)
+    return get_task(name, trust_code=True).load(split, data=data, set_size=set_size, seed=seed,
+                                                 fixed_subset=fixed_subset, **options)
 
 
 def detect_task(path) -> str | None:

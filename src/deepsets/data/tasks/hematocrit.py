@@ -23,17 +23,16 @@ def load_flow_rbc(task, split, data, base, opts, classes=None):
         ds.generated = True  # the simulator's file: nothing to scan for NaN
         return ds
     p = check_exists(data)
-    if p.is_dir() or p.suffix.lower() in (".fcs", ".h5ad"):
+    if p.is_dir() or p.suffix.lower() in (".fcs", ".lmd", ".h5ad"):
         return load_sources(task, split, p, base, opts, classes=classes, expect_dim=task.in_dim)
     return call_with_options(FlowRBCDataset, {"path": p, "split": split, "task": task.name, **opts, **base},
                              task.name)
 
 
 def detect_flow_rbc(p: Path) -> bool:
-    if p.is_dir():
-        return any(p.rglob("*.fcs"))
-    if p.suffix.lower() in (".fcs", ".h5ad"):
-        return True
+    """Only the Flow-RBC HDF5 layout (``train_data``/``test_data`` of ``[sets, cells, 2]``). FCS files and folders
+    and ``.h5ad`` files can hold any cytometry data: they are your own sets (``regression``/``classification``),
+    read as hematocrit only when asked (``--task hematocrit``)."""
     shapes = h5_shapes(p)
     return any(len(s) >= 3 and s[-1] == 2 for k, s in shapes.items() if k in ("train_data", "test_data"))
 
