@@ -7,7 +7,7 @@ from . import nn
 from .models import count_parameters, create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["nn", "create_model", "list_models", "count_parameters", "from_pretrained", "SetClassifier", "SetRegressor",
+__all__ = ["nn", "create_model", "list_models", "count_parameters", "from_pretrained", "explain", "SetClassifier", "SetRegressor",
            "__version__"]
 
 
@@ -16,6 +16,10 @@ def __getattr__(name):  # the estimators import scikit-learn and Lightning: only
         from . import estimators
 
         return getattr(estimators, name)
+    if name == "explain":
+        from .attribution import explain
+
+        return explain
     if name == "from_pretrained":
         from .hub import from_pretrained
 

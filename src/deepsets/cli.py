@@ -114,6 +114,7 @@ _EXTENSIONS = [
     ("demo", "add_demo_command"),
     ("bench", "add_bench_command"),
     ("export", "add_export_command"),
+    ("attribution.cli", "add_explain_command"),
 ]
 
 

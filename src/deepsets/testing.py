@@ -19,6 +19,9 @@ __all__ = [
     "check_batch_independence",
     "check_size_generalization",
     "random_padded_batch",
+    "check_completeness",
+    "check_deletion_beats_random",
+    "check_planted_signal",
 ]
 
 
@@ -142,3 +145,40 @@ def random_padded_batch(batch: int, max_size: int, in_dim: int, min_size: int = 
         noise = torch.randn(batch, max_size, in_dim, generator=g, dtype=dtype) * pad_value
         x = torch.where(mask.unsqueeze(-1), x, noise)
     return x, mask
+
+
+# ------------------------------------------------------------------------------------------ attribution faithfulness
+def check_completeness(model, x: Tensor, mask: Tensor | None = None, method: str = "integrated-gradients",
+                       atol: float = 1e-3, rtol: float = 1e-2, **kw) -> float:
+    """Scores of :func:`deepsets.explain` sum to ``f(X) - f(empty set)`` per set and output (integrated gradients:
+    up to the quadrature error; Shapley values: exactly). Returns the largest deviation."""
+    from .attribution import explain
+
+    scores, info = explain(model, x, mask, method=method, return_info=True, **kw)
+    s = scores if scores.dim() == 3 else scores.unsqueeze(-1)
+    return _check(f"completeness of {method}", s.sum(1), info.output - info.empty, atol, rtol)
+
+
+def check_deletion_beats_random(model, x: Tensor, scores, output: int = -1, repeats: int = 8, seed: int = 0,
+                                margin: float = 0.0) -> tuple[float, float]:
+    """Removing one set's ``x [n, D]`` top-scoring elements first lowers the output ``output`` faster than removing
+    them in random order: the deletion curve's area is below the random curve's by more than ``margin``.
+    Returns ``(auc_by_score, auc_random)``."""
+    from .attribution.faithfulness import deletion_curve
+
+    *_, auc, auc_random = deletion_curve(model, x, scores, output=output, repeats=repeats, seed=seed)
+    if not auc < auc_random - margin:
+        raise AssertionError(f"deletion curve: area {auc:.4g} by score is not below {auc_random:.4g} at random "
+                             f"(margin {margin:g})")
+    return auc, auc_random
+
+
+def check_planted_signal(scores, planted, min_auc: float = 0.9, output: int = -1) -> float:
+    """The elements that carry a planted signal get the highest scores: ROC-AUC of score vs planted is at least
+    ``min_auc``. ``scores``/``planted``: matching arrays (padded elements left out). Returns the AUC."""
+    from .attribution.faithfulness import planted_auc
+
+    auc = planted_auc(scores, planted, output=output)
+    if not auc >= min_auc:
+        raise AssertionError(f"planted signal: ROC-AUC of score vs planted {auc:.3f} < {min_auc}")
+    return auc
