@@ -46,7 +46,7 @@ def planted(quick: bool) -> dict:
     from deepsets.attribution.faithfulness import planted_auc, planted_sets
 
     n_el = 2000 if quick else 10_000
-    n_train = 60 if quick else 120
+    n_train = 60 if quick else 100
     results = []
     for freq in (0.05, 0.01, 0.001):
         X, y, _ = planted_sets(n_train, n_el, freq, seed=0)

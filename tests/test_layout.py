@@ -1,4 +1,5 @@
-"""Package layout: which parts may import which (diagnostics and the demo build on training, never the reverse)."""
+"""Package layout: which parts may import which (diagnostics, attribution and the demo build on training, never the
+reverse)."""
 import ast
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # What deepsets.train must not import: these import deepsets.train themselves.
-FORBIDDEN = ("deepsets.diagnostics", "deepsets.demo")
+FORBIDDEN = ("deepsets.diagnostics", "deepsets.demo", "deepsets.attribution")
 
 
 def imported_modules(path: Path, root: Path = SRC) -> list[tuple[int, str]]:

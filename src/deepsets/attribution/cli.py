@@ -232,7 +232,7 @@ def annotate_fcs(source: Path, target_dir: Path, scores: np.ndarray) -> Path:
     if scores.shape[0] != events.shape[0]:
         raise ValueError(f"{source}: {events.shape[0]} events but {scores.shape[0]} scores (the reader left events "
                          f"out); an annotated copy needs one score per event")
-    names = [fd.channels[str(i + 1)]["pnn"] for i in range(n_ch)]
+    names = list(fd.pnn_labels)
     out = np.column_stack([events, scores.reshape(len(scores), -1)[:, -1]]).astype(np.float32)
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / source.name
