@@ -101,12 +101,13 @@ def _cost_one(model_name: str, n: int, method: str) -> dict:
             "rss_before_mb": round(base / 1024, 1), "input_mb": round(n * 3 * 4 / 2 ** 20, 1)}
 
 
-def cost(quick: bool) -> dict:
+def cost(quick: bool, models=("deepsets++", "settransformer++"),
+         methods=("occlusion", "integrated-gradients", "shapley")) -> dict:
     rows = []
     sizes = (10_000, 100_000) if quick else (100_000, 1_000_000)
-    for model in ("deepsets++", "settransformer++"):
+    for model in models:
         for n in sizes:
-            for method in ("occlusion", "integrated-gradients", "shapley"):
+            for method in methods:
                 r = subprocess.run([sys.executable, __file__, "_cost", model, str(n), method], capture_output=True,
                                    text=True, timeout=3600)
                 if r.returncode:
@@ -176,7 +177,8 @@ def musk1() -> dict:
 
         m = out["methods"]["occlusion"]
         plot_deletion(np.array(out["fractions"]), m["by_score"], m["random"], OUT / "musk1-deletion.png",
-                      title=f"MUSK1, positive test bags (10-fold), occlusion", ylabel="class-1 logit")
+                      title="MUSK1, positive test bags (10-fold), occlusion",
+                      ylabel="class-1 output (log of the mean probability)")
     except ImportError:
         pass
     return out
@@ -189,16 +191,27 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["planted", "cost", "fastpath", "musk1"])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", nargs="+", default=["deepsets++", "settransformer++"], help="cost: these models")
+    ap.add_argument("--methods", nargs="+", default=["occlusion", "integrated-gradients", "shapley"],
+                    help="cost: these methods (rows of an earlier cost.json for the others are kept)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1 if args.what != "cost" else 2)
     OUT.mkdir(exist_ok=True)
     t = time.time()
-    res = {"planted": lambda: planted(args.quick), "cost": lambda: cost(args.quick), "fastpath": fastpath,
-           "musk1": musk1}[args.what]()
+    res = {"planted": lambda: planted(args.quick), "cost": lambda: cost(args.quick, args.models, args.methods),
+           "fastpath": fastpath, "musk1": musk1}[args.what]()
     res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["wall_s"] = round(time.time() - t, 1)
     res["torch"] = torch.__version__
     name = args.what + ("-quick" if args.quick else "")
+    earlier = OUT / f"{name}.json"
+    if args.what == "cost" and earlier.is_file():  # a partial rerun replaces its own rows only
+        old = json.loads(earlier.read_text())
+        mine = {(r["model"], r["elements"], r["method"]) for r in res["rows"]}
+        kept = [dict(r, date=old.get("date")) for r in old["rows"] if (r["model"], r["elements"], r["method"])
+                not in mine]
+        res["rows"] = kept + [dict(r, date=res["date"]) for r in res["rows"]]
+        res["command"] = old.get("command", res["command"]) + "; then " + " ".join(["python", *sys.argv])
     (OUT / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {OUT / (name + '.json')}")
 

@@ -12,9 +12,11 @@ is computed exactly per element, in closed form, from the values the full set's 
 - attention of queries ``q`` over the elements (per query and head, weights ``e_i / den``, output ``A``):
   ``dA = e_i (A - v_i) / (den - e_i)``.
 
-The output then moves by ``sum_l <df/d stat_l, d stat_l(i)>``, the gradients taken once, by one backward pass of the
-whole set through a copy of the model (reference layers, parameters shared) in which every such statistic has a
-zero perturbation added. The gradients include how a statistic's change moves the later ones. What is left out
+The output then moves by ``sum_l <df/d stat_l, d stat_l(i)>``, the derivatives taken once for the whole set
+through a copy of the model (reference layers, parameters shared) in which every such statistic has a
+perturbation added: for the Deep Sets family, those of the pooled summary, by one forward pass per statistic
+(difference quotients), the decoder then run on each corrected summary; for the Set Transformer family, those
+of the output, by one backward pass per output. They include how a statistic's change moves the later ones. What is left out
 is second order: O(1/n^2) against an occlusion effect of order 1/n (benchmarks/explain.py measures it).
 """
 from __future__ import annotations
@@ -36,10 +38,10 @@ ELEMENT_KEYS = re.compile(r"mab0\.attn$")  # attention whose keys are the set's 
 
 class _Recorder:
     """What a probed forward pass saw, and the perturbations it added: ``mode`` ``"record"`` (none), ``"reverse"``
-    (zero leaves that require grad) or ``"forward"`` (perturbation ``active`` carries tangent 1, forward-mode AD)."""
+    (zero leaves that require grad) or ``"values"`` (given values, for difference quotients)."""
 
-    def __init__(self, mode: str = "record", active: int = -1):
-        self.mode, self.active = mode, active
+    def __init__(self, mode: str = "record", values: dict | None = None):
+        self.mode, self.values = mode, values or {}
         self.norms = []  # (delta_mu, delta_var, mu, var, s1 [n], s2 [n], D)
         self.attns = []  # (delta [1, Q, dim], qp [Q, dim], kv [n, 2 dim], heads, scale)
 
@@ -47,11 +49,7 @@ class _Recorder:
         zero = torch.zeros((), dtype=like.dtype, device=like.device)
         if self.mode == "reverse":
             return zero.clone().requires_grad_(True)
-        if self.mode == "forward":
-            from torch.autograd import forward_ad as fwAD
-
-            return fwAD.make_dual(zero, torch.ones_like(zero) if index == self.active else zero)
-        return zero
+        return zero + self.values.get(index, 0.0)  # "record": 0; "values": a given perturbation
 
 
 class ProbeSetNorm(SetNorm):
@@ -63,10 +61,10 @@ class ProbeSetNorm(SetNorm):
         d_mu, d_var = rec.delta(2 * k, x), rec.delta(2 * k + 1, x)
         m, v, _ = _moments(x)
         if rec.mode == "record":
+            c = x.detach()[0] - m.detach().reshape(())  # one set, no padding: [n, D]; each row's own sums
             acc = torch.float64
-            c = x.detach()[0].to(acc) - m.detach().to(acc).reshape(())  # one set, no padding: [n, D]
-            rec.norms.append((d_mu, d_var, m.detach().to(acc).reshape(()), c.square().mean(), c.sum(1),
-                              c.square().sum(1), x.shape[-1]))
+            rec.norms.append((d_mu, d_var, m.detach().to(acc).reshape(()), v.detach().to(acc).reshape(()),
+                              c.sum(1).to(acc), c.square().sum(1).to(acc), x.shape[-1]))
         else:
             rec.norms.append((d_mu, d_var))
         y = self.affine((x - (m + d_mu)) * torch.rsqrt(v + d_var + self.eps))
@@ -94,10 +92,11 @@ class ProbeAttention(Attention):
         return out
 
 
-def probe(member, mode: str = "record", active: int = -1):
+def probe(member, mode: str = "record", values: dict | None = None):
     """A copy of ``member`` (reference layers, parameters shared) whose set statistics over the elements carry
-    zero perturbations, and the recorder that collects them at the next forward pass."""
-    rec = _Recorder(mode, active)
+    perturbations (zero, or ``values``: {index: value}, index ``2 k`` / ``2 k + 1`` the mean / variance of the
+    ``k``-th set norm), and the recorder that collects them at the next forward pass."""
+    rec = _Recorder(mode, values)
     ref = reference(member)
     names = {id(m): n for n, m in ref.named_modules()}
 
@@ -133,26 +132,29 @@ def leave_one_out(member, x: Tensor, readout_of, n_out: int):
     others' encodings through the set's statistics to first order.
 
     Without attention over the elements (the Deep Sets family) the statistics' effect is added to the pooled
-    summary (forward-mode AD, one pass per statistic) and the decoder runs on the corrected summaries, so the
-    decoder's curvature is kept: needed for sum pooling, where the summary moves by O(1). With attention (the Set
+    summary (its derivatives by one forward pass per statistic) and the decoder runs on the corrected summaries,
+    so the decoder's curvature is kept: needed for sum pooling, where the summary moves by O(1). With attention (the Set
     Transformer family) it is added to the output (reverse mode, one backward pass per output)."""
     net, rec = probe(member)
     n = x.shape[0]
     with torch.no_grad():
-        h = net.encode(x[None])[0]
-    r = readout_of(member, h)
+        h = net.encode(x[None])
+        pooled = net.pool(h)[0]
+    r = readout_of(member, h[0])
     if n < 2 or (not rec.norms and not any(a is None for a in rec.attns)):
         return r, lambda sl: r.finish(r.without(sl))
     if not rec.attns:
-        from torch.autograd import forward_ad as fwAD
-
+        # d pool / d statistic, one forward pass per statistic: the difference quotient at a step of 1e-3 of the
+        # statistic's scale (the summary's response is piecewise linear; float32 keeps ~4 digits of it)
         cols = []
         for j in range(2 * len(rec.norms)):
-            net_j, _ = probe(member, "forward", j)
-            with fwAD.dual_level(), torch.no_grad():
-                tangent = fwAD.unpack_dual(net_j.pool(net_j.encode(x[None]))).tangent
-            cols.append(torch.zeros_like(r.pool).flatten() if tangent is None else tangent[0].flatten())
-        J = torch.stack(cols, 1).to(torch.float64)  # [P, 2 L]
+            _, _, mu, var, *_ = rec.norms[j // 2]
+            step = 1e-3 * float(var.sqrt() if j % 2 == 0 else var) or 1e-3
+            net_j, _ = probe(member, "values", {j: step})
+            with torch.no_grad():
+                moved = net_j.pool(net_j.encode(x[None]))[0]
+            cols.append(((moved - pooled).to(torch.float64) / step).flatten())
+        J = torch.stack(cols, 1)  # [P, 2 L]
         d = stat_changes(rec, n)
 
         def loo(sl):
