@@ -106,7 +106,9 @@ class _SetEstimator(BaseEstimator):
                              set_size=self.set_size or None, seed=self.seed)
 
     def fit(self, X, y):
-        from .train.run import load_checkpoint, quiet_lightning, train
+        from .checkpoint import open_checkpoint
+        from .data import get_task
+        from .train.fit import quiet_lightning, train
 
         y = list(np.asarray(y, dtype=object).reshape(len(y), -1)[:, 0]) if self._target == "classification" \
             else np.asarray(y, dtype=np.float64)
@@ -120,12 +122,13 @@ class _SetEstimator(BaseEstimator):
             out = tmp.name
         try:
             cfg = self._config(out)
-            summary = train(cfg, overwrite=True, dataset=ds, echo=(print if self.verbose else (lambda *a: None)))
-            module = load_checkpoint(Path(out) / "checkpoints" / "best.ckpt")
+            summary = train(cfg, overwrite=True, dataset=ds, echo=(print if self.verbose else (lambda *a: None)),
+                            task=get_task(self._target))
+            ckpt = open_checkpoint(Path(out) / "checkpoints" / "best.ckpt")
         finally:
             if tmp is not None:
                 tmp.cleanup()
-        self.module_ = module
+        self.module_ = ckpt  # the model (.model) and what its run recorded (.hparams)
         self.n_features_in_ = ds.in_dim
         self.history_ = summary
         return self
@@ -134,7 +137,7 @@ class _SetEstimator(BaseEstimator):
         pass
 
     def _outputs(self, X) -> np.ndarray:
-        from .train.predict import predict_sets
+        from .inference import predict_sets
 
         if not hasattr(self, "module_"):
             from sklearn.exceptions import NotFittedError

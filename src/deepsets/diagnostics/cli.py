@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def add_commands(sub) -> None:
     from ..data import paper_tasks
-    from ..models import list_models
+    from ..models.registry import list_models
 
     p = sub.add_parser("grad-norms", help="per-layer gradient norms at initialization (CSV, JSON, PNG)")
     p.add_argument("--model", default="deepsets", metavar="MODEL[:DEPTH]",
@@ -25,7 +25,7 @@ def add_commands(sub) -> None:
 
 def _cmd_grad_norms(args) -> int:
     from ..data import get_task
-    from ..models import get_preset
+    from ..models.registry import get_preset
     from .grad_norms import (
         first_last_ratio,
         gradient_norms,

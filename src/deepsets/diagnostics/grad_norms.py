@@ -26,7 +26,8 @@ def gradient_norms(model_name: str, depth: int | None, task: str, batch: int = 3
     is the task's. Returns rows ``{layer, name, grad_norm, weight_norm}``.
     """
     from ..data import collate_sets, get_task
-    from ..models import create_model, preset_default
+    from ..factory import create_model
+    from ..models.registry import preset_default
 
     spec = get_task(task, trust_code=True)  # named by the caller (--task): a task given as code is imported
     opts = {"n_train": max(batch, 1)} if data is None else {}  # offline data: generate only the sets needed
@@ -50,8 +51,8 @@ def gradient_norms(model_name: str, depth: int | None, task: str, batch: int = 3
 def write_grad_norms(results: dict[str, list[dict]], out: str | Path, title: str = "",
                      escape: bool = True) -> dict[str, Path]:
     """CSV + JSON of every model's rows and one PNG with all of them; returns the paths written. ``escape``: text
-    cells a spreadsheet would run as formulas get a leading ``'`` (:func:`deepsets.train.io.escape_csv_cell`)."""
-    from ..train.io import atomic_write_text, csv_text
+    cells a spreadsheet would run as formulas get a leading ``'`` (:func:`deepsets.files.escape_csv_cell`)."""
+    from ..files import atomic_write_text, csv_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

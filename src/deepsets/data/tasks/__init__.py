@@ -256,6 +256,17 @@ def generator_sizes(opts: dict, split: str) -> dict:
     return opts
 
 
+#: Every option that says how a source of sets is read (tables, .h5ad, FCS folders, .npy/.h5; the command line's
+#: source flags), and what it is about: ``layout`` (how the data are laid out: kept from the training run when
+#: another file is evaluated or predicted), ``labels`` (where the labels are: kept by eval, not by predict, which
+#: reads none) or ``file`` (a file of the training data's own: never kept).
+SOURCE_OPTIONS = {
+    "set_column": "layout", "label_column": "labels", "labels": "file", "split_column": "labels",
+    "features": "layout", "channels": "layout", "channel_map": "layout", "layer": "layout", "no_header": "layout",
+    "key": "layout", "label_key": "labels",
+}
+
+
 def source_options(opts: dict) -> dict:
     """``channels`` is the cytometry name of ``features``: one option for every source."""
     opts = dict(opts)
@@ -266,6 +277,20 @@ def source_options(opts: dict) -> dict:
         if ch is not None:
             opts["features"] = ch
     return opts
+
+
+def reading_options(path, run_options: dict, given: dict, labels: bool = False) -> dict:
+    """The source options to read ``path`` (a file other than the training data, or the same) with: ``given``, and
+    the training run's ``run_options`` that ``given`` does not set again, where they describe the layout (with
+    ``labels``: where the labels are too) and the format of ``path`` takes them. ``channels`` reads as ``features``
+    throughout; options that are None are left out."""
+    from ..sources import source_options_of
+
+    given = source_options({k: v for k, v in given.items() if v is not None})
+    kept = ("layout", "labels") if labels else ("layout",)
+    run = source_options({k: v for k, v in run_options.items() if SOURCE_OPTIONS.get(k) in kept and v is not None})
+    accepted = source_options_of(path)
+    return {**{k: v for k, v in run.items() if k in accepted and k not in given}, **given}
 
 
 def load_sources(task: Task, split: str, data, base: dict, opts: dict, classes=None, expect_dim=None):
