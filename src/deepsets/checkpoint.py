@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 
 from .data.targets import Target, get_target
-from .data.tasks import is_code, recorded_task
+from .data.tasks import Task, is_code, recorded_task
 from .factory import create_model
 from .models.base import SetModel
 
 PREFIX = "model."  # the training module's state_dict keys: its set model's, under this prefix
+#: the losses that checkpoints of earlier versions name instead of their target
+LOSSES = {"mse": "regression", "ce": "classification", "ce_elements": "elements"}
 
 
 def load_file(path: str | Path, map_location="cpu") -> dict:
@@ -52,17 +54,15 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
 @dataclass
 class Checkpoint:
     """A checkpoint's model (in eval mode) and what its run recorded (``hparams``: ``model``, ``model_kwargs``,
-    ``task``, ``target``, ``train_config``, ``data_info``, ...). ``hparams``, ``target`` and ``model`` read as those
-    of the training module, so code taking one takes the other."""
+    ``task``, ``target``, ``train_config``, ``data_info``, ...) and ``task``, the registered :class:`~deepsets.data.Task`
+    it was trained on (``None`` for a task this process does not know). ``hparams``, ``target`` and ``model`` read as
+    those of the training module, so code taking one takes the other."""
 
     path: str | Path  # as given
     hparams: dict
     model: SetModel
     target: Target
-
-    @property
-    def task(self) -> str:
-        return self.hparams.get("task")
+    task: Task | None = None
 
     @property
     def data_info(self) -> dict:
@@ -74,7 +74,7 @@ class Checkpoint:
 
     def pretrained_info(self) -> dict:
         """What a Hub folder records of the run (``config.json``'s ``data``): its data, task and target."""
-        return {**self.data_info, "task": self.task, "target": self.hparams.get("target")}
+        return {**self.data_info, "task": self.hparams.get("task"), "target": self.hparams.get("target")}
 
 
 def named_task(path, recorded, task: str | None) -> bool:
@@ -91,7 +91,7 @@ def named_task(path, recorded, task: str | None) -> bool:
 def target_of(hp: dict) -> Target:
     """The target a checkpoint's model was trained for; checkpoints of earlier versions name their loss instead
     (``mse``, ``ce``, ``ce_elements``)."""
-    name = hp.get("target") or hp.get("loss")
+    name = hp.get("target") or LOSSES.get(hp.get("loss"), hp.get("loss"))
     if name is None:
         raise ValueError("the checkpoint names no target (regression, classification or elements)")
     return get_target(name)
@@ -109,7 +109,7 @@ def open_checkpoint(path: str | Path, trust_code: bool = False, task: str | None
     contents = read_checkpoint(path, map_location)
     hp = contents["hyper_parameters"]
     trust = named_task(p, hp.get("task"), task) or trust_code
-    recorded_task(hp.get("task"), f"checkpoint {p} was trained with", trust)
+    task = recorded_task(hp.get("task"), f"checkpoint {p} was trained with", trust)
     try:
         target = target_of(hp)
         model = create_model(hp["model"], **hp["model_kwargs"])
@@ -127,4 +127,4 @@ def open_checkpoint(path: str | Path, trust_code: bool = False, task: str | None
         detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else first[0] if first else ""
         raise ValueError(f"{p}: weights do not match the model described in the checkpoint (a checkpoint of a "
                          f"different model?): {detail[:300]}") from None
-    return Checkpoint(path, hp, model.eval(), target)
+    return Checkpoint(path, hp, model.eval(), target, task)

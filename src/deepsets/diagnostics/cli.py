@@ -34,12 +34,12 @@ def _cmd_grad_norms(args) -> int:
     )
 
     specs = [parse_model_spec(args.model, args.depth)] + [parse_model_spec(s, args.depth) for s in args.compare or []]
-    get_task(args.task, trust_code=True)  # --task names it; an unknown task or model fails before any data is read
+    task = get_task(args.task, trust_code=True)  # --task names it: an unknown task or model fails before any data is read
     for name, _ in specs:
         get_preset(name)
     results = {}
     for name, depth in specs:
-        rows = gradient_norms(name, depth, args.task, batch=args.batch, seed=args.seed)
+        rows = gradient_norms(name, depth, task, batch=args.batch, seed=args.seed)
         label = f"{name}" + (f" depth {depth}" if depth else "")
         results[label] = rows
         print(f"{label:<28} layers {len(rows):>3}  first/last gradient norm {first_last_ratio(rows):.3g}")

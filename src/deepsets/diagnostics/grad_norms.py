@@ -18,12 +18,13 @@ def parse_model_spec(spec: str, depth: int | None = None) -> tuple[str, int | No
     return spec, depth
 
 
-def gradient_norms(model_name: str, depth: int | None, task: str, batch: int = 32, seed: int = 0,
+def gradient_norms(model_name: str, depth: int | None, task, batch: int = 32, seed: int = 0,
                    set_size: int | None = None, data: str | None = None, **overrides) -> list[dict]:
     """Gradient norm of every linear layer's weight, input to output, after one backward pass at init.
 
     The batch is the first ``batch`` sets of the task's training data (offline default unless ``data``); the loss
-    is the task's. Returns rows ``{layer, name, grad_norm, weight_norm}``.
+    is the task's (``task``: a name or a :class:`~deepsets.data.Task`). Returns rows ``{layer, name, grad_norm,
+    weight_norm}``.
     """
     from ..data import collate_sets, get_task
     from ..factory import create_model

@@ -318,7 +318,6 @@ def _cmd_eval(args) -> int:
     import sys
 
     from ..checkpoint import open_checkpoint
-    from ..data import get_task
     from ..files import refuse_input_as_output, write_json
     from .evaluation import evaluate, format_table
 
@@ -328,12 +327,11 @@ def _cmd_eval(args) -> int:
     if args.json_out and args.set_sizes and not args.plot:  # the plot beside --json
         refuse_input_as_output(str(Path(args.json_out).with_suffix(".png")), inputs, "--json (its .png plot)")
     ckpt = open_checkpoint(args.checkpoint, task=args.task)  # --task: the checkpoint's task, named again
-    task = get_task(ckpt.task)  # registered now
     result = evaluate(ckpt, data=args.data, subsets=subsets_from_args(args),
                       task_options=source_options_from_args(args), seed=args.subset_seed, set_sizes=args.set_sizes,
-                      echo=lambda line: print(line, file=sys.stderr), skip_unreadable=args.skip_unreadable, task=task)
+                      echo=lambda line: print(line, file=sys.stderr), skip_unreadable=args.skip_unreadable)
     sizes = result.pop("set_sizes", None)
-    if args.data is None and not task.paper:
+    if args.data is None and not ckpt.task.paper:  # (evaluate has checked the task is a registered one)
         print("note: no --data: evaluated on the data the model was trained on (its test split where the data "
               "define one, else every set); pass --data TEST_FILE for held-out sets", file=sys.stderr)
     print(format_table({k: v for k, v in result.items() if k != "prediction"}))  # (said on stderr)

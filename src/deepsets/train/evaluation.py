@@ -52,7 +52,7 @@ def evaluate_dataset(ckpt, ds, subsets: int | None = None, batch_size: int = 64,
     if base.in_dim != model.config.in_dim:
         raise ValueError(f"{getattr(base, 'source', 'data')}: sets have {base.in_dim} features but the checkpoint's "
                          f"model expects {model.config.in_dim}")
-    task = task or get_task(ckpt.hparams["task"], where="the model was trained with")  # registered on loading
+    task = task or getattr(ckpt, "task", None) or get_task(ckpt.hparams["task"], where="the model was trained with")
     items = None
     if target.output != "elements" and not task.paper:  # your own data: whole sets, or the mean over subsets
         unreadable = [] if skip_unreadable or sets_are_files(ds) else None  # else: the first error stops it
@@ -89,7 +89,7 @@ def evaluate_dataset(ckpt, ds, subsets: int | None = None, batch_size: int = 64,
 
 def evaluate(checkpoint: str | Path | Checkpoint, data: str | None = None, split: str = "test",
              subsets: int | None = None, batch_size: int = 64, task_options: dict | None = None, seed: int = 0,
-             set_sizes=None, echo=None, trust_code: bool = False, skip_unreadable: bool = False, task=None) -> dict:
+             set_sizes=None, echo=None, trust_code: bool = False, skip_unreadable: bool = False) -> dict:
     """Test metrics of a checkpoint (a path, or one opened with :func:`deepsets.checkpoint.open_checkpoint`) on the
     task's test split (offline default or ``data``).
 
@@ -100,7 +100,6 @@ def evaluate(checkpoint: str | Path | Checkpoint, data: str | None = None, split
     subset; smaller sets stay whole), under ``"set_sizes"``: the set-size generalisation report. ``trust_code``:
     import the checkpoint's task if it is given as code (see :func:`load_checkpoint`). ``skip_unreadable``: sets
     that cannot be read (damaged files) are listed through ``echo`` and left out (see :func:`evaluate_dataset`).
-    ``task``: the checkpoint's task where the caller has it.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint, trust_code=trust_code)
     hp = ckpt.hparams
@@ -110,7 +109,7 @@ def evaluate(checkpoint: str | Path | Checkpoint, data: str | None = None, split
     else:  # the training run's layout options that the new file's format takes
         opts = reading_options(data, cfg.task_options, task_options or {}, labels=True)
     classes = ckpt.data_info.get("classes")
-    task = task or get_task(hp["task"])
+    task = ckpt.task or get_task(hp["task"])  # (an unknown task: a clear error)
     source = data if data is not None else cfg.data
     features = ckpt.data_info.get("features")
     if not task.paper and isinstance(source, (str, Path)) and features and "features" not in opts \

@@ -154,8 +154,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, dataset, echo, chang
     cfg = copy.deepcopy(cfg)
     worker = launched_worker()
     quiet = (lambda *a: None) if worker else echo
-    if trust_code and cfg.task is not None:  # the caller's own task (imported before a resumed run is read)
-        get_task(cfg.task, trust_code=True)
+    if trust_code and cfg.task is not None and task is None:  # the caller's own (imported before a resumed run
+        task = get_task(cfg.task, trust_code=True)  # is read)
     if not resume or cfg.out is None:  # a bad task fails before any folder is made; the default folder is named
         task = resolve_task(cfg, echo=quiet, task=task)  # after the task, model, depth and seed
         absolute_paths(cfg)
