@@ -25,7 +25,7 @@ from pathlib import Path
 from .._base import DataError, SetDataset, check_exists, open_h5
 from ..targets import Target, get_target
 
-__all__ = ["TASKS", "Task", "TaskSpec", "UntrustedTaskError", "call_with_options", "detect_task", "get_task",
+__all__ = ["SOURCE_OPTIONS", "TASKS", "Task", "UntrustedTaskError", "call_with_options", "detect_task", "get_task",
            "import_task", "is_code", "list_tasks", "load_task", "paper_tasks", "recorded_task", "register_task"]
 
 
@@ -85,18 +85,6 @@ class Task:
     def output(self) -> str:
         return self.target_kind.output
 
-    @property
-    def loss(self) -> str:  # the names checkpoints of earlier versions used
-        return {"regression": "mse", "classification": "ce", "elements": "ce_elements"}[self.target]
-
-    @property
-    def default_set_size(self) -> int | None:
-        return self.set_size
-
-    @property
-    def paper_epochs(self) -> int:
-        return self.epochs
-
     def load(self, split: str = "train", data=None, set_size: int | None = None, seed: int = 0,
              fixed_subset: bool = False, **options) -> SetDataset:
         """The task's sets of ``split`` (see :func:`load_task`)."""
@@ -109,8 +97,6 @@ class Task:
         base = {"set_size": set_size, "seed": seed, "fixed_subset": fixed_subset}
         return self.loader(self, split, data, base, dict(options))
 
-
-TaskSpec = Task  # the earlier name
 
 TASKS: dict[str, Task] = {}
 
