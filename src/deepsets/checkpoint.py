@@ -53,9 +53,9 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 @dataclass
 class Checkpoint:
-    """A checkpoint's model (in eval mode) and what its run recorded (``hparams``: ``model``, ``model_kwargs``,
-    ``task``, ``target``, ``train_config``, ``data_info``, ...) and ``task``, the registered :class:`~deepsets.data.Task`
-    it was trained on (``None`` for a task this process does not know). ``hparams``, ``target`` and ``model`` read as
+    """A checkpoint's model (in eval mode), what its run recorded (``hparams``: ``model``, ``model_kwargs``,
+    ``task``, ``target``, ``train_config``, ``data_info``, ...) and ``task``, the registered
+    :class:`~deepsets.data.Task` it was trained on (``None`` for a task this process does not know). ``hparams``, ``target`` and ``model`` read as
     those of the training module, so code taking one takes the other."""
 
     path: str | Path  # as given

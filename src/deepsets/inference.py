@@ -74,13 +74,13 @@ def predict_sets(model, ds, max_elements: int = 262_144, batch_size: int = 64,
     """Model output for every set of ``ds``: whole sets, or for a set larger than the model's training set size,
     the mean over random subsets of that size where :func:`subset_plan` says so (``subsets``, ``seed``; with
     ``classify`` the mean of probabilities, as log-probabilities; ``spread``, a list, receives each set's sd over
-    subsets, ``None`` for sets predicted whole). Sets are batched up to
-    ``batch_size`` sets or ``max_elements`` padded elements, whichever comes first; a set larger than
-    ``max_elements`` is evaluated alone and exactly in chunks of ``chunk_size`` elements (bounded memory,
-    see :func:`deepsets.backends.chunked.chunked_forward`). A set of at least ``huge_min`` elements also runs alone when the
-    model has a huge-set fast path (:mod:`deepsets.backends.huge`: about 2x faster than the batched forward at
-    10^5 elements, the same outputs up to float round-off). Sets are read one ahead in a background thread (reading
-    overlaps computing); ``progress``: a progress bar with sets and cells per second (None: on a terminal only).
+    subsets, ``None`` for sets predicted whole). Sets are batched up to ``batch_size`` sets or ``max_elements``
+    padded elements, whichever comes first; a set larger than ``max_elements`` is evaluated alone and exactly in
+    chunks of ``chunk_size`` elements (bounded memory, see :func:`deepsets.backends.chunked.chunked_forward`). A set
+    of at least ``huge_min`` elements also runs alone when the model has a huge-set fast path
+    (:mod:`deepsets.backends.huge`: about 2x faster than the batched forward at 10^5 elements, the same outputs up to
+    float round-off). Sets are read one ahead in a background thread (reading overlaps computing); ``progress``: a
+    progress bar with sets and cells per second (None: on a terminal only).
 
     ``unreadable``, a list: a set whose reading raises :class:`DataError` (a damaged file, an empty set, NaN
     values) does not stop the prediction: ``(index, message)`` is appended and the outputs (and ``spread``) hold

@@ -34,7 +34,8 @@ def _cmd_grad_norms(args) -> int:
     )
 
     specs = [parse_model_spec(args.model, args.depth)] + [parse_model_spec(s, args.depth) for s in args.compare or []]
-    task = get_task(args.task, trust_code=True)  # --task names it: an unknown task or model fails before any data is read
+    task = get_task(args.task, trust_code=True)  # --task names it; an unknown task or model fails before any data
+    # is read
     for name, _ in specs:
         get_preset(name)
     results = {}

@@ -11,8 +11,9 @@ from .settransformer import SetTransformer, SetTransformerConfig, paper_unused_p
 
 __all__ = [
     "SetModel", "SetModelConfig", "DeepSets", "DeepSetsConfig", "SetTransformer", "SetTransformerConfig",
-    "create_model", "list_models", "get_preset", "model_config", "model_from_config", "register_model", "preset_default",
-    "count_parameters", "paper_unused_parameters_per_isab", "chunked_forward", "build", "family_of", "preset_name",
+    "create_model", "list_models", "get_preset", "model_config", "model_from_config", "register_model",
+    "preset_default", "count_parameters", "paper_unused_parameters_per_isab", "chunked_forward", "build", "family_of",
+    "preset_name",
 ]
 
 

@@ -250,7 +250,8 @@ def given_fields(args) -> set[str]:
 
 def named_task(args, cfg) -> None:
     """A task given as code is imported only when the command line names it (``--task file.py:NAME``); one read
-    from ``--config FILE.yaml`` is refused unless named again with --task (a resumed run's: see :func:`deepsets.train.fit.train`)."""
+    from ``--config FILE.yaml`` is refused unless named again with --task (a resumed run's: see
+    :func:`deepsets.train.fit.train`)."""
     from ..data.tasks import UntrustedTaskError, import_task, is_code
 
     if args.task is not None:

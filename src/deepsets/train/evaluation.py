@@ -11,7 +11,7 @@ from ..checkpoint import Checkpoint, open_checkpoint
 from ..data import get_task
 from ..data._base import require_labels, unwrap
 from ..data.sources import source_for
-from ..data.tasks import reading_options
+from ..data.tasks import reading_options, source_options
 from ..inference import describe_plan, predict_dataset, predict_sets, report_unreadable, sets_are_files
 from ..metrics import set_metrics
 from .config import TrainConfig
@@ -104,16 +104,17 @@ def evaluate(checkpoint: str | Path | Checkpoint, data: str | None = None, split
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint, trust_code=trust_code)
     hp = ckpt.hparams
     cfg = TrainConfig.of_checkpoint(hp)
+    task = ckpt.task or get_task(hp["task"])  # (an unknown task: a clear error)
     if data is None:
         opts = {**cfg.task_options, **(task_options or {})}
+        opts = opts if task.paper else source_options(opts)  # (your own data's sources read them so)
     else:  # the training run's layout options that the new file's format takes
         opts = reading_options(data, cfg.task_options, task_options or {}, labels=True)
     classes = ckpt.data_info.get("classes")
-    task = ckpt.task or get_task(hp["task"])  # (an unknown task: a clear error)
     source = data if data is not None else cfg.data
     features = ckpt.data_info.get("features")
     if not task.paper and isinstance(source, (str, Path)) and features and "features" not in opts \
-            and "channels" not in opts and source_for(source).name in ("fcs", "h5ad"):
+            and source_for(source).name in ("fcs", "h5ad"):
         opts["features"] = list(features)  # the model's channels, by name (as predict does)
     if classes is not None and task.classes is None:
         opts["classes"] = classes
