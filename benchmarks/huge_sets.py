@@ -95,7 +95,8 @@ def folder(name: str, depth: int, files: int, events: int) -> dict:
 
     import deepsets
     from deepsets.models import chunked_forward
-    from deepsets.train.predict import open_input, predict_sets
+    from deepsets.inference import predict_sets
+    from deepsets.train.predict import open_input
 
     torch.manual_seed(0)
     model = deepsets.create_model(name, 2, 1, depth=depth, dim=H).eval()

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from deepsets.train.callbacks import read_metrics
-from deepsets.train.run import evaluate, write_json
+from deepsets.files import write_json
+from deepsets.train import evaluate
 
 
 def step_of(ckpt: Path) -> int:

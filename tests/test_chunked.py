@@ -57,7 +57,8 @@ def test_chunked_requires_eval_mode():
 def test_predict_uses_exact_chunked_inference_for_huge_sets(tmp_path):
     import numpy as np
 
-    from deepsets.train.predict import open_input, predict_sets
+    from deepsets.inference import predict_sets
+    from deepsets.train.predict import open_input
 
     model = deepsets.create_model("settransformer++", 2, 1, depth=2, dim=16, num_inducing=4).eval()
     sets = np.random.default_rng(0).normal(size=(3, 300, 2)).astype(np.float32)
@@ -144,7 +145,8 @@ def test_predict_streams_a_fcs_folder_with_the_same_predictions(tmp_path):
     import numpy as np
 
     flowio = pytest.importorskip("flowio")
-    from deepsets.train.predict import open_input, predict_sets, prefetched
+    from deepsets.inference import predict_sets, prefetched
+    from deepsets.train.predict import open_input
 
     rng = np.random.default_rng(3)
     for i in range(5):
@@ -170,7 +172,7 @@ def test_predict_runs_large_sets_on_the_fast_path_with_the_same_predictions(name
     from deepsets.backends import chunked
     from deepsets.data.sources import SourceDataset
     from deepsets.data.sources.arrays import ListReader
-    from deepsets.train.predict import predict_sets
+    from deepsets.inference import predict_sets
 
     model = _model(name, "set", "clean").float()
     rng = np.random.default_rng(5)

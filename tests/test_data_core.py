@@ -15,15 +15,14 @@ def test_registry_names_and_fields():
     for name, t in TASKS.items():
         assert t.name == name
         assert t.target in TARGETS and t.metric in {"mse", "accuracy"}
-        assert t.loss in {"mse", "ce", "ce_elements"}
         assert t.pool in {"sum", "max"}
         assert t.output in {"set", "elements"}
         assert t.set_size > 0 and t.epochs > 0 and t.description
         if t.paper:
             assert t.in_dim and t.out_dim and t.offline_sizes and t.budgets.get("cpu")
     assert get_task("point-cloud").pool == "max" and get_task("point-cloud").out_dim == 40
-    assert get_task("hematocrit").paper_epochs == 30
-    assert get_task("set-anomaly").output == "elements" and get_task("set-anomaly").loss == "ce_elements"
+    assert get_task("hematocrit").epochs == 30
+    assert get_task("set-anomaly").output == "elements" and get_task("set-anomaly").target == "elements"
 
 
 def test_unknown_task_lists_valid_names():

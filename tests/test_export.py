@@ -158,7 +158,7 @@ def test_cli_exports_a_checkpoint_and_prints_the_difference(fmt, trained_checkpo
     line = next(s for s in stdout.splitlines() if "max abs difference" in s)
     sizes = "1, 7, 100" if fmt == "onnx" else "1, 9"
     assert f"padded sets of {sizes} elements" in line and float(line.rsplit(" ", 1)[1]) < 1e-4
-    from deepsets.train.run import load_checkpoint
+    from deepsets.train import load_checkpoint
 
     model = load_checkpoint(ckpt).model
     x, mask = padded_batch([5, 2], model.config.in_dim)

@@ -76,7 +76,7 @@ def test_a_registered_family_builds_checks_and_trains(blocks_pma, tmp_path):
     assert type(deepsets.create_model(blocks_pma, 3, 2, dim=8).layers).__name__ == "DeepSetsStack"
     # and it trains through the same code as the built-in families
     from deepsets.train.config import TrainConfig
-    from deepsets.train.run import train
+    from deepsets.train import train
 
     cfg = TrainConfig(task="normal-var", model=blocks_pma, dim=8, depth=2, max_steps=2, batch_size=8, set_size=20,
                       out=str(tmp_path / "run"), progress=False, task_options={"n_train": 32, "n_test": 8})

@@ -66,7 +66,7 @@ def test_the_folder_loads_through_huggingface_hubs_mixin(tmp_path):
 def test_from_a_training_checkpoint(tmp_path):
     from deepsets.hub import checkpoint_to_pretrained
     from deepsets.train import TrainConfig, train
-    from deepsets.train.run import load_checkpoint
+    from deepsets.train import load_checkpoint
 
     cfg = TrainConfig(task="normal-var", depth=2, dim=16, epochs=1, batch_size=8, set_size=16, progress=False,
                       task_options={"n_train": 24, "n_test": 8}, out=str(tmp_path / "run"))

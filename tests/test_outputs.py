@@ -70,7 +70,7 @@ def read_rows(path):
 
 # ------------------------------------------------------------------------------------------------ CSV escaping
 def test_escape_cell_keeps_numbers_and_escapes_formulas():
-    from deepsets.train.io import csv_text, escape_csv_cell
+    from deepsets.files import csv_text, escape_csv_cell
 
     for text in ["=1+1", "+cmd", "-2+3", "@SUM(A1)", "\tx", "\rx", "-", "=", "-inf-", "+1e"]:
         assert escape_csv_cell(text) == "'" + text
@@ -146,7 +146,7 @@ def test_output_that_is_an_input_is_refused_and_the_input_is_unchanged(run, tmp_
 
 
 def test_a_file_inside_an_input_folder_is_an_input(tmp_path):
-    from deepsets.train.io import refuse_input_as_output
+    from deepsets.files import refuse_input_as_output
 
     folder = tmp_path / "fcs"
     folder.mkdir()
@@ -159,7 +159,7 @@ def test_a_file_inside_an_input_folder_is_an_input(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------ modes
 def test_replaced_output_keeps_its_mode_and_new_files_honour_the_umask(run, tmp_path):
-    from deepsets.train.io import atomic_write_text
+    from deepsets.files import atomic_write_text
 
     out = tmp_path / "pred.csv"
     out.write_text("old\n")
@@ -185,7 +185,7 @@ def test_run_outputs_honour_the_umask(run):
 
 
 def test_write_errors_name_the_path(tmp_path):
-    from deepsets.train.io import WriteError, atomic_write_text
+    from deepsets.files import WriteError, atomic_write_text
 
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -217,9 +217,9 @@ class _DiskFull:
 
 def test_an_export_that_fails_leaves_no_file(run, tmp_path, monkeypatch):
     from deepsets.export import export_model
-    from deepsets.train import io as tio
-    from deepsets.train.io import WriteError
-    from deepsets.train.run import load_checkpoint
+    from deepsets import files as tio
+    from deepsets.files import WriteError
+    from deepsets.train import load_checkpoint
 
     module = load_checkpoint(run["ckpt"])
     real = os.fdopen
@@ -233,7 +233,7 @@ def test_an_export_that_fails_leaves_no_file(run, tmp_path, monkeypatch):
 def test_an_export_to_a_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
     import shutil
 
-    from deepsets.train.io import WriteError, check_free_space
+    from deepsets.files import WriteError, check_free_space
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 10, 10))
     with pytest.raises(WriteError, match=r"cannot write .*m\.pt2: not enough free space \(2\.0 MB needed"):
@@ -245,7 +245,7 @@ def test_onnx_stores_features_target_classes_and_logits(run, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from deepsets.export import export_model, read_metadata
-    from deepsets.train.run import load_checkpoint
+    from deepsets.train import load_checkpoint
 
     path = export_model(load_checkpoint(run["ckpt"]), tmp_path / "m.onnx", check=True, check_sizes=(1, 5))
     meta = read_metadata(path)
@@ -281,8 +281,8 @@ def test_hub_folder_has_no_machine_path_and_a_huge_config_fails_fast(run, tmp_pa
 
 def test_failed_hub_write_removes_its_temporary_folder(tmp_path, monkeypatch):
     from deepsets import create_model
-    from deepsets.train import io as tio
-    from deepsets.train.io import WriteError
+    from deepsets import files as tio
+    from deepsets.files import WriteError
 
     model = create_model("deepsets++", 2, 1, depth=1, dim=8)
     real = os.fdopen

@@ -14,7 +14,7 @@ from deepsets.data import ListReader, SourceDataset
 from deepsets.models import chunked_forward
 from deepsets.nn import POOLS
 from deepsets.nn.preprocess import Preprocess, parse_transform
-from deepsets.train.predict import predict_sets, subset_plan
+from deepsets.inference import predict_sets, subset_plan
 
 IN = 3
 SPECS = ["arcsinh:150", "log1p", "none"]
@@ -179,7 +179,7 @@ def test_an_ensemble_trains_and_is_one_model_everywhere(tmp_path):
     assert type(model).__name__ == "SetEnsemble" and len(model.members) == 3
     p = clf.predict_proba(X[:5])
     assert np.allclose(p.sum(1), 1, atol=1e-5)
-    from deepsets.train.run import load_checkpoint
+    from deepsets.train import load_checkpoint
 
     again = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt").model
     with torch.no_grad():

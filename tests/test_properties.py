@@ -177,10 +177,12 @@ def good_files(tmp_path_factory):
     out["sets.npy"] = buf.getvalue()
     from deepsets.train.module import SetModule
 
-    hp = {"model": "deepsets++", "model_kwargs": {"in_dim": 2, "out_dim": 1, "depth": 2, "dim": 16},
-          "task": "hematocrit", "loss": "mse", "metric": "mse"}
+    kw = {"model": "deepsets++", "model_kwargs": {"in_dim": 2, "out_dim": 1, "depth": 2, "dim": 16},
+          "task": "hematocrit"}
+    hp = {**kw, "loss": "mse", "metric": "mse"}  # as checkpoints of earlier versions name the target
     buf = io.BytesIO()
-    torch.save({"epoch": 0, "hyper_parameters": hp, "state_dict": SetModule(**hp).state_dict()}, buf)
+    torch.save({"epoch": 0, "hyper_parameters": hp, "state_dict": SetModule(**kw, target="regression").state_dict()},
+               buf)
     out["model.ckpt"] = buf.getvalue()
     return out
 

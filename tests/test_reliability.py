@@ -410,7 +410,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 def test_atomic_writes_leave_old_file_or_new_never_half(tmp_path, monkeypatch):
     """A kill between writing and renaming (simulated) leaves the previous checkpoint/metrics intact."""
-    from deepsets.train import io as tio
+    from deepsets import files as tio
     from deepsets.train.callbacks import AtomicCheckpointIO, write_metrics
 
     path = tmp_path / "checkpoints" / "last.ckpt"
@@ -435,7 +435,7 @@ def test_sigkill_at_random_moments_never_leaves_a_corrupt_checkpoint(tmp_path):
     """SIGKILL a process that rewrites last.ckpt in a loop, at random moments: the file always loads whole;
     a resume removes the half-written temporary files a kill leaves behind."""
     from deepsets.train.callbacks import AtomicCheckpointIO
-    from deepsets.train.run import prepare_out_dir
+    from deepsets.train.folder import prepare_out_dir
 
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"epoch": 0, "w": torch.zeros(100_000)}, path)
@@ -464,7 +464,7 @@ def test_sigkill_at_random_moments_never_leaves_a_corrupt_checkpoint(tmp_path):
 
 
 def test_resume_refuses_a_corrupt_last_checkpoint(tmp_path):
-    from deepsets.train.run import prepare_out_dir
+    from deepsets.train.folder import prepare_out_dir
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -4,9 +4,11 @@ Deep Sets++ and Set Transformer++ (set norm + clean-path residual connections), 
 Transformer baselines, the paper's tasks, training and experiments (Zhang et al., ICML 2022).
 """
 from . import nn
-from .models import count_parameters, create_model, list_models
+from ._version import __version__
+from .factory import create_model, from_pretrained
+from .models.base import count_parameters
+from .models.registry import list_models
 
-__version__ = "0.1.0"
 __all__ = ["nn", "create_model", "list_models", "count_parameters", "from_pretrained", "explain", "SetClassifier", "SetRegressor",
            "__version__"]
 
@@ -20,10 +22,6 @@ def __getattr__(name):  # the estimators import scikit-learn and Lightning: only
         from .attribution import explain
 
         return explain
-    if name == "from_pretrained":
-        from .hub import from_pretrained
-
-        return from_pretrained
     if name == "data":
         import importlib
 

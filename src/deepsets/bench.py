@@ -117,7 +117,8 @@ def _sync(device):
 def bench(model_name: str = "deepsets++", depth: int | None = None, batch: int = 8, set_size: int = 1000,
           in_dim: int = 2, masked: bool = False, device: str = "cpu", precision: str = "32",
           compile: bool | str = False, warmup: int = 3, repeats: int = 15, seed: int = 0, **model_kw) -> dict:
-    from .models import count_parameters, create_model
+    from .factory import create_model
+    from .models.base import count_parameters
 
     torch.manual_seed(seed)
     model = create_model(model_name, in_dim, 1, depth=depth, **model_kw).to(device).train()

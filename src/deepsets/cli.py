@@ -7,7 +7,9 @@ import sys
 
 
 def _cmd_models(args) -> int:
-    from .models import count_parameters, create_model, get_preset, list_models
+    from .factory import create_model
+    from .models.base import count_parameters
+    from .models.registry import get_preset, list_models
 
     print(f"{'model':<18} {'defaults':<58} {'params (in=out=1)':>17}")
     for name in list_models():
@@ -24,7 +26,9 @@ def _cmd_smoke(args) -> int:
 
     import torch
 
-    from .models import count_parameters, create_model, list_models
+    from .factory import create_model
+    from .models.base import count_parameters
+    from .models.registry import list_models
 
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.set_size, 2)
@@ -46,7 +50,7 @@ def _cmd_smoke(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(prog="deepsets", allow_abbrev=False,
                                      description="Deep learning on sets: Deep Sets++, Set Transformer++ and baselines.")
@@ -126,7 +130,7 @@ def _error_message(err: BaseException) -> str:
     if len(text) > 1000:
         text = text[:1000] + " ..."
     # Our own errors already say what went wrong; name the type of anything else (torch, h5py, ...)
-    from .train.guard import RunError
+    from .files import RunError
 
     known = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, RunError)
     if not isinstance(err, known) or not text:

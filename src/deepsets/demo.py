@@ -22,7 +22,8 @@ def run_demo(out: str | Path = "runs/demo", depth: int = 50, epochs: int = 6, n_
         write_grad_norms,
     )
     from .train.callbacks import read_metrics
-    from .train.run import evaluate, train
+    from .train.evaluation import evaluate
+    from .train.fit import train
 
     out = Path(out)
     t0 = time.time()

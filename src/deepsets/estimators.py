@@ -9,12 +9,15 @@ with the same Lightning training as ``deepsets train`` (validation hold-out, bes
     clf.fit(train_sets, train_labels)          # labels of any type: strings, booleans, integers
     clf.predict(test_sets), clf.predict_proba(test_sets), clf.classes_
 
-Constructor arguments: ``model``, ``depth``, ``epochs``, ``max_steps``, ``lr``, ``batch_size``, ``set_size``,
-``seed``, ``val_fraction``, ``out`` (a run folder to keep; default a temporary one), ``verbose``, ``weight_decay``,
-``ensemble`` (K members, one model), ``patience`` (early stopping), ``regime`` (``auto``: the recipe of
-``deepsets train --regime``, which fills every argument left at ``None``), ``standardize`` and ``transform`` (the
-model's own preprocessing), ``subsets`` (how sets larger than the training size are predicted), and any
-``create_model`` keyword (``dim``, ``norm``, ``residual``, ``pool``, ``heads``, ``num_inducing``, ...).
+The constructor's arguments follow scikit-learn's conventions: each is a named parameter, stored as given and read
+only by ``fit`` (``get_params`` / ``set_params`` are scikit-learn's own). Training: ``model``, ``depth``, ``epochs``,
+``max_steps``, ``lr``, ``batch_size``, ``set_size``, ``seed``, ``val_fraction``, ``out`` (a run folder to keep;
+default a temporary one), ``verbose``, ``weight_decay``, ``ensemble`` (K members, one model), ``patience`` (early
+stopping), ``regime`` (``auto``: the recipe of ``deepsets train --regime``, which fills every argument left at
+``None``), ``standardize`` and ``transform`` (the model's own preprocessing), ``subsets`` (how sets larger than the
+training size are predicted). The ``create_model`` keywords of the registered families: ``dim``, ``norm``,
+``residual``, ``pool`` (Deep Sets), ``heads``, ``num_inducing``, ``num_seeds`` (Set Transformer); ``None`` is the
+preset's (or the task's) default; ``model_options``, a dict, holds any other (a family of your own).
 scikit-learn is an optional dependency (``pip install 'deepsets[sklearn]'``).
 """
 from __future__ import annotations
@@ -35,20 +38,35 @@ except ImportError:  # pragma: no cover - the estimators need scikit-learn; the 
 
 __all__ = ["SetClassifier", "SetRegressor"]
 
-_MODEL_FIELDS = ("depth", "dim", "norm", "residual", "pool")
+#: constructor arguments that are ``TrainConfig`` fields of the same name (``out``, ``set_size``, ``transform``,
+#: ``verbose`` and the ``create_model`` keywords of :data:`MODEL_OPTIONS` are translated in ``_config``)
+_TRAIN_FIELDS = ("model", "depth", "dim", "norm", "residual", "pool", "epochs", "max_steps", "lr", "batch_size",
+                 "seed", "val_fraction", "weight_decay", "ensemble", "patience", "regime", "standardize")
+#: ``create_model`` keywords without a ``TrainConfig`` field of their own (Set Transformer family)
+MODEL_OPTIONS = ("heads", "num_inducing", "num_seeds")
 
 
 class _SetEstimator(BaseEstimator):
     _target = ""
 
-    def __init__(self, model: str = "deepsets++", depth: int | None = None, epochs: int | None = None,
-                 max_steps: int = -1, lr: float | None = None, batch_size: int | None = None,
-                 set_size: int | None = 1000, seed: int = 0, val_fraction: float = 0.1, out: str | None = None,
-                 verbose: bool = False, weight_decay: float | None = None, ensemble: int | None = None,
-                 patience: int | None = None, regime: str = "auto", standardize: bool = True, transform=None,
-                 subsets: int | None = None, **model_options):
+    def __init__(self, model: str = "deepsets++", depth: int | None = None, dim: int | None = None,
+                 norm: str | None = None, residual: str | None = None, pool: str | None = None,
+                 heads: int | None = None, num_inducing: int | None = None, num_seeds: int | None = None,
+                 model_options: dict | None = None, epochs: int | None = None, max_steps: int = -1,
+                 lr: float | None = None, batch_size: int | None = None, set_size: int | None = 1000, seed: int = 0,
+                 val_fraction: float = 0.1, out: str | None = None, verbose: bool = False,
+                 weight_decay: float | None = None, ensemble: int | None = None, patience: int | None = None,
+                 regime: str = "auto", standardize: bool = True, transform=None, subsets: int | None = None):
         self.model = model
         self.depth = depth
+        self.dim = dim
+        self.norm = norm
+        self.residual = residual
+        self.pool = pool
+        self.heads = heads
+        self.num_inducing = num_inducing
+        self.num_seeds = num_seeds
+        self.model_options = model_options
         self.epochs = epochs
         self.max_steps = max_steps
         self.lr = lr
@@ -65,38 +83,22 @@ class _SetEstimator(BaseEstimator):
         self.standardize = standardize
         self.transform = transform
         self.subsets = subsets
-        self._model_options = dict(model_options)
-        for k, v in model_options.items():
-            setattr(self, k, v)
 
-    # scikit-learn reads the constructor's named arguments; create_model keywords are passed through as well
-    def get_params(self, deep: bool = True) -> dict:
-        params = super().get_params(deep)
-        params.update({k: getattr(self, k) for k in self._model_options})
-        return params
-
-    def set_params(self, **params):
-        for k, v in params.items():  # a create_model keyword that does not exist fails in fit, naming the valid ones
-            if k not in super().get_params():
-                self._model_options[k] = v
-            setattr(self, k, v)
-        return self
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False  # X is a list of sets [n_i, D] (or one array [sets, n, D]), not [n, D]
+        tags.input_tags.three_d_array = True
+        return tags
 
     def _config(self, out: str):
         from .train import TrainConfig
 
-        extra = dict(self._model_options)
-        fields = {k: extra.pop(k) for k in _MODEL_FIELDS if k in extra}
-        cfg = TrainConfig(task=self._target, model=self.model, depth=self.depth, epochs=self.epochs,
-                          max_steps=self.max_steps, lr=self.lr, batch_size=self.batch_size,
-                          set_size=self.set_size if self.set_size is not None else 0, seed=self.seed,
-                          val_fraction=self.val_fraction, out=out, progress=bool(self.verbose),
-                          weight_decay=self.weight_decay, ensemble=self.ensemble, patience=self.patience,
-                          regime=self.regime, standardize=self.standardize,
-                          transform=None if self.transform is None else (
-                              [self.transform] if isinstance(self.transform, str) else list(self.transform)),
-                          model_options=extra, **fields)
-        return cfg
+        options = {k: getattr(self, k) for k in MODEL_OPTIONS if getattr(self, k) is not None}
+        options.update(self.model_options or {})  # a create_model keyword that does not exist fails, naming them
+        transform = [self.transform] if isinstance(self.transform, str) else self.transform
+        return TrainConfig(task=self._target, **{k: getattr(self, k) for k in _TRAIN_FIELDS}, out=out,
+                           set_size=self.set_size if self.set_size is not None else 0, progress=bool(self.verbose),
+                           transform=None if transform is None else list(transform), model_options=options)
 
     def _dataset(self, X, y=None, classes=None):
         from .data import ListReader, SourceDataset
@@ -106,7 +108,9 @@ class _SetEstimator(BaseEstimator):
                              set_size=self.set_size or None, seed=self.seed)
 
     def fit(self, X, y):
-        from .train.run import load_checkpoint, quiet_lightning, train
+        from .checkpoint import open_checkpoint
+        from .data import get_task
+        from .train.fit import quiet_lightning, train
 
         y = list(np.asarray(y, dtype=object).reshape(len(y), -1)[:, 0]) if self._target == "classification" \
             else np.asarray(y, dtype=np.float64)
@@ -119,13 +123,13 @@ class _SetEstimator(BaseEstimator):
             tmp = tempfile.TemporaryDirectory(prefix="deepsets-fit-")
             out = tmp.name
         try:
-            cfg = self._config(out)
-            summary = train(cfg, overwrite=True, dataset=ds, echo=(print if self.verbose else (lambda *a: None)))
-            module = load_checkpoint(Path(out) / "checkpoints" / "best.ckpt")
+            summary = train(self._config(out), overwrite=True, dataset=ds, task=get_task(self._target),
+                            echo=print if self.verbose else (lambda *a: None))
+            ckpt = open_checkpoint(Path(out) / "checkpoints" / "best.ckpt")
         finally:
             if tmp is not None:
                 tmp.cleanup()
-        self.module_ = module
+        self.module_ = ckpt  # the model (.model) and what its run recorded (.hparams)
         self.n_features_in_ = ds.in_dim
         self.history_ = summary
         return self
@@ -134,7 +138,7 @@ class _SetEstimator(BaseEstimator):
         pass
 
     def _outputs(self, X) -> np.ndarray:
-        from .train.predict import predict_sets
+        from .inference import predict_sets
 
         if not hasattr(self, "module_"):
             from sklearn.exceptions import NotFittedError
@@ -172,4 +176,5 @@ class SetClassifier(ClassifierMixin, _SetEstimator):
         return torch.softmax(torch.from_numpy(self._outputs(X)).float(), -1).numpy()
 
     def predict(self, X):
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)  # (fitted or NotFittedError)
+        return self.classes_[proba.argmax(1)]

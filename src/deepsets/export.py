@@ -34,6 +34,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._version import __version__
+from .backends import reference
+from .checkpoint import open_checkpoint
+from .files import atomic_write_bytes, check_free_space, refuse_input_as_output, write_error
+from .models.base import SetModel
+from .models.registry import preset_name
+
 FORMATS = ("onnx", "pt2")
 EXTRA = "pip install deepsets[export]"
 CHECK_SIZES = (1, 7, 100)  # set sizes the exported file is compared on (each batch also holds smaller sets)
@@ -69,9 +76,8 @@ def resolve_format(path: str | Path, format: str | None = None) -> str:
 
 
 def set_model(model: nn.Module) -> nn.Module:
-    """The set model itself: a training module (``deepsets.train.run.load_checkpoint``) holds it as ``.model``."""
-    from .models.base import SetModel
-
+    """The set model itself: a checkpoint (:func:`deepsets.checkpoint.open_checkpoint`) or a training module
+    (``deepsets.train.load_checkpoint``) holds it as ``.model``."""
     inner = getattr(model, "model", None)
     if not isinstance(model, SetModel) and isinstance(inner, SetModel):
         model = inner
@@ -114,8 +120,6 @@ def _quiet():
 def trace(model: nn.Module, example_size: int = 8):
     """The model's reference layers as a ``torch.export`` program with inputs ``x [B, N, D]``, ``mask [B, N]``
     and dynamic ``B``, ``N`` (the model passed in is left as it was)."""
-    from .backends import reference
-
     model = reference(copy.deepcopy(set_model(model))).float().eval()
     x, mask = padded_batch([example_size, example_size // 2], model.config.in_dim, garbage=False)
     batch, elements = torch.export.Dim("B", min=1), torch.export.Dim("N", min=1)
@@ -129,11 +133,9 @@ def export_metadata(model: nn.Module) -> dict[str, str]:
     ``deepsets.json``), all strings: ``deepsets_version``, ``model``, ``inputs``, ``target`` (``regression``,
     ``classification``, ``elements`` or ``unknown``), ``features`` and ``classes`` (JSON lists, where the training
     data named them) and ``y`` (what the output holds: a classifier's ``y`` is logits, softmax gives the class
-    probabilities in the order of ``classes``). ``model``: a training module (``load_checkpoint``) or a set model
+    probabilities in the order of ``classes``). ``model``: a checkpoint, a training module or a set model
     (its ``data_info`` where :func:`deepsets.from_pretrained` set one)."""
     import json
-
-    from . import __version__
 
     m = set_model(model)
     hp = getattr(model, "hparams", None) or {}
@@ -146,8 +148,6 @@ def export_metadata(model: nn.Module) -> dict[str, str]:
             "inputs": f"x float32 [B, N, {c.in_dim}] (features in the order of 'features'), mask bool [B, N] "
                       f"(True = element present)"}
     try:
-        from .hub import preset_name
-
         meta["model"] = preset_name(m)
     except TypeError:  # a family that is not registered
         meta["model"] = type(m).__name__
@@ -179,7 +179,7 @@ def export_model(model: nn.Module, path: str | Path, format: str | None = None, 
     ``check``: and compared with the model, :func:`check_export` on ``check_sizes``), so ``path`` is never a
     partial file: a failure (full disk, a failed check) removes the temporary file and leaves a previous file at
     ``path`` as it was. A folder with less free space than the file needs is refused before writing; a failed
-    write raises :class:`deepsets.train.io.WriteError` (``cannot write PATH: <reason>``)."""
+    write raises :class:`deepsets.files.WriteError` (``cannot write PATH: <reason>``)."""
     return _export(model, path, format, opset=opset, check_sizes=check_sizes if check else None)[0]
 
 
@@ -188,8 +188,6 @@ def _export(model: nn.Module, path: str | Path, format: str | None = None, *, op
     """:func:`export_model`; also returns :func:`check_export`'s result (``None`` without ``check_sizes``)."""
     import io
     import json
-
-    from .train.io import atomic_write_bytes, check_free_space, write_error
 
     path = Path(path)
     format = resolve_format(path, format)
@@ -345,18 +343,14 @@ def check_export(path: str | Path, model: nn.Module, format: str | None = None,
 
 def _export_hub(args) -> int:
     """``--format hub``: the checkpoint's model as a save_pretrained folder, loaded back and compared."""
-    import torch
-
     from .hub import CONFIG, WEIGHTS, checkpoint_to_pretrained, from_pretrained
-    from .train.io import refuse_input_as_output
-    from .train.run import checkpoint_trust, load_checkpoint
 
     for name in ("", WEIGHTS, CONFIG):  # the folder, or a file it would replace, is the checkpoint
         refuse_input_as_output(Path(args.output) / name if name else args.output,
                                {"--checkpoint": args.checkpoint})
-    trust = checkpoint_trust(args.checkpoint, args.task)  # --task: the checkpoint's task, named again
-    model = load_checkpoint(args.checkpoint, trust_code=trust).model
-    folder = checkpoint_to_pretrained(args.checkpoint, args.output, trust_code=trust)
+    ckpt = open_checkpoint(args.checkpoint, task=args.task)  # --task: the checkpoint's task, named again
+    model = ckpt.model
+    folder = checkpoint_to_pretrained(ckpt, args.output)
     print(f"wrote {folder / 'model.safetensors'} and {folder / 'config.json'} (load with "
           f"deepsets.from_pretrained({str(folder)!r}); push with deepsets.hub.push_to_hub)")
     if args.no_check:
@@ -377,9 +371,6 @@ def _export_hub(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .train.io import refuse_input_as_output
-    from .train.run import checkpoint_trust, load_checkpoint
-
     if args.format == "hub":
         return _export_hub(args)
     format = resolve_format(args.output, args.format)
@@ -389,7 +380,7 @@ def _cmd_export(args) -> int:
     refuse_input_as_output(args.output, {"--checkpoint": args.checkpoint})
     if format == "onnx":
         require_onnx()  # before loading anything: a missing extra is the first thing to say
-    module = load_checkpoint(args.checkpoint, trust_code=checkpoint_trust(args.checkpoint, args.task))
+    module = open_checkpoint(args.checkpoint, task=args.task)  # --task: the checkpoint's task, named again
     model = set_model(module)
     # written to a temporary file, checked against the model there, then renamed into place
     path, result = _export(module, args.output, format, check_sizes=None if args.no_check else args.check_sizes)

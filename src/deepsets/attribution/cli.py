@@ -167,7 +167,7 @@ class ElementTable:
                 self.writer = pq.ParquetWriter(self.tmp, table.schema)
             self.writer.write_table(table)
         else:
-            from ..train.io import escape_csv_cell as csv_escape_cell
+            from ..files import escape_csv_cell as csv_escape_cell
 
             if self.escape:
                 df["set"] = df["set"].map(csv_escape_cell)
@@ -279,10 +279,11 @@ def _cmd_explain(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ..train.io import atomic_write_text, refuse_input_as_output
-    from ..train.predict import open_for_model, prefetched, set_names
-    from ..train.run import checkpoint_trust, load_checkpoint
+    from ..checkpoint import open_checkpoint
+    from ..files import refuse_input_as_output
+    from ..inference import prefetched
     from ..train.cli import source_options_from_args
+    from ..train.predict import open_for_model, set_names
     from .core import explain
 
     out = Path(args.output)
@@ -290,12 +291,10 @@ def _cmd_explain(args) -> int:
     for extra in (args.annotated, args.report):
         if extra:
             refuse_input_as_output(extra, {"--input": args.input, "--checkpoint": args.checkpoint})
-    trust = checkpoint_trust(args.checkpoint, args.task)
-    module = load_checkpoint(args.checkpoint, trust_code=trust)
-    model = module.model.eval()
-    info = module.hparams.get("data_info") or {}
-    classes = info.get("classes") if module.target.name == "classification" else None
-    ds = open_for_model(module, args.input, key=args.key, **source_options_from_args(args))
+    ckpt = open_checkpoint(args.checkpoint, task=args.task)  # --task: the checkpoint's task, named again
+    model = ckpt.model
+    classes = ckpt.data_info.get("classes") if ckpt.target.name == "classification" else None
+    ds = open_for_model(ckpt, args.input, **source_options_from_args(args))
     names = set_names(ds)
     kind = type(getattr(ds, "reader", None)).__name__
     groups = element_groups(ds, args.groupby) if args.groupby else None
@@ -369,7 +368,7 @@ def _cmd_explain(args) -> int:
 
 
 def _report(args, model, ds, names, per_set, groups, labels, classes, summary_sets, plot_index, plot_x, seconds):
-    from ..train.io import atomic_write_text
+    from ..files import atomic_write_text
     from . import groups as G
 
     rep = Path(args.report)

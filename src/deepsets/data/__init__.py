@@ -24,7 +24,7 @@ from .sources import SourceDataset, open_source
 from .sources.arrays import ListReader
 from .sources.table import sets_from_table
 from .targets import TARGETS, get_target
-from .tasks import (TASKS, Task, TaskSpec, UntrustedTaskError, detect_task, get_task, import_task, list_tasks, load_task,
+from .tasks import (TASKS, Task, UntrustedTaskError, detect_task, get_task, import_task, list_tasks, load_task,
                     paper_tasks, register_task)
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "SetDataset",
     "SourceDataset",
     "Task",
-    "TaskSpec",
     "UntrustedTaskError",
     "check_before_training",
     "check_finite",

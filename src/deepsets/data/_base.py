@@ -8,17 +8,17 @@ than ``set_size``, a random subset of ``set_size`` elements is drawn; the subset
 from __future__ import annotations
 
 import functools
-
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 __all__ = [
     "DataError",
@@ -28,6 +28,9 @@ __all__ = [
     "subset_indices",
     "subset_views",
     "resized",
+    "unwrap",
+    "NonFinite",
+    "scan_sets",
     "target_tensor",
     "check_class_labels",
     "check_regression_labels",
@@ -115,11 +118,45 @@ class Resized:
 
 def resized(ds, set_size: int, seed: int = 0):
     """:class:`Resized` over a dataset or a (nested) torch ``Subset`` of one (the Subset's sets are kept)."""
-    from torch.utils.data import Subset
-
     if isinstance(ds, Subset):
         return Subset(resized(ds.dataset, set_size, seed), ds.indices)
     return Resized(ds, set_size, seed)
+
+
+def unwrap(ds) -> tuple:
+    """``(base dataset, indices)`` of a dataset or a (nested) torch ``Subset`` of one."""
+    idx = np.arange(len(ds))
+    while isinstance(ds, Subset):
+        idx = np.asarray(ds.indices)[idx]
+        ds = ds.dataset
+    return ds, idx
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """Where a scan found a bad value: set ``index`` (position in the dataset), ``element`` and ``feature``
+    (positions within the set as training sees it), the ``value``; ``element=None`` means the set is empty
+    (``padding``: every row is NaN padding). ``row`` is the row of the file, where it differs from the element's
+    position."""
+
+    index: int
+    element: int | None
+    feature: int | None = None
+    value: float | None = None
+    row: int | None = None
+    padding: bool = False
+
+
+def scan_sets(read, indices) -> NonFinite | None:
+    """Scan sets one at a time: ``read(i) -> [n, D]``. For sources whose sets are separate (FCS files, lists)."""
+    for i in indices:
+        x = np.asarray(read(int(i)))
+        if x.shape[0] == 0:
+            return NonFinite(int(i), None)
+        if x.dtype.kind in "fc" and x.size and not np.isfinite(x).all():
+            e, f = np.argwhere(~np.isfinite(x))[0]
+            return NonFinite(int(i), int(e), int(f), float(x[e, f]))
+    return None
 
 
 def check_class_labels(labels, num_classes: int | None, what: str, n_elements: int | None = None,
@@ -426,10 +463,8 @@ class SetDataset(Dataset):
 
     def scan_finite(self, indices):
         """The first NaN/inf feature value (or empty set) among the sets ``indices``, as a
-        :class:`~deepsets.data.finite.NonFinite`, or ``None``: what :func:`~deepsets.data.check_finite` asks.
+        :class:`NonFinite`, or ``None``: what :func:`~deepsets.data.check_finite` asks.
         This default reads each set; datasets of big files override it with one pass in large blocks."""
-        from .finite import scan_sets
-
         return scan_sets(self._raw_set, indices)
 
     def target_of(self, index: int, n_elements: int | None = None) -> torch.Tensor:

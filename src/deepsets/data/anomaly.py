@@ -1,7 +1,7 @@
 """Set anomaly: 10 images per set; 9 share two attributes, 1 (the odd one) has neither. Target: its index.
 
-The model gives one logit per element (task output ``"elements"``, loss ``"ce_elements"``); the target is the
-int64 index of the odd element. Element features are flattened images.
+The model gives one logit per element (task output and target ``"elements"``: cross-entropy over the set's
+elements); the target is the int64 index of the odd element. Element features are flattened images.
 
 Real source (CelebA, https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html): ``deepsets data build set-anomaly
 --source DIR`` reads ``DIR/img_align_celeba/*.jpg`` (or images directly in DIR), ``DIR/list_attr_celeba.txt``

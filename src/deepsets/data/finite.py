@@ -12,30 +12,13 @@ Datasets made by a generator or simulator (``generated = True``) hold no NaN by 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-
 import numpy as np
 
-from ._base import DataError
+from ._base import DataError, NonFinite, scan_sets, unwrap
 
 __all__ = ["NonFinite", "check_before_training", "check_finite", "first_nonfinite", "scan_array", "scan_sets"]
 
 SLAB_BYTES = 64 << 20  # bytes read per block: large enough for full read speed, small enough for any machine
-
-
-@dataclass(frozen=True)
-class NonFinite:
-    """Where a scan found a bad value: set ``index`` (position in the dataset), ``element`` and ``feature``
-    (positions within the set as training sees it), the ``value``; ``element=None`` means the set is empty
-    (``padding``: every row is NaN padding). ``row`` is the row of the file, where it differs from the element's
-    position."""
-
-    index: int
-    element: int | None
-    feature: int | None = None
-    value: float | None = None
-    row: int | None = None
-    padding: bool = False
 
 
 def first_nonfinite(block: np.ndarray, padding: bool = False) -> tuple | None:
@@ -101,28 +84,6 @@ def scan_array(arr, indices: np.ndarray, padding: bool = False, first: int = 0) 
     return None
 
 
-def scan_sets(read, indices) -> NonFinite | None:
-    """Scan sets one at a time: ``read(i) -> [n, D]``. For sources whose sets are separate (FCS files, lists)."""
-    for i in indices:
-        x = np.asarray(read(int(i)))
-        if x.shape[0] == 0:
-            return NonFinite(int(i), None)
-        if x.dtype.kind in "fc" and x.size and not np.isfinite(x).all():
-            e, f = np.argwhere(~np.isfinite(x))[0]
-            return NonFinite(int(i), int(e), int(f), float(x[e, f]))
-    return None
-
-
-def _unwrap(ds):
-    from torch.utils.data import Subset
-
-    idx = np.arange(len(ds))
-    while isinstance(ds, Subset):
-        idx = np.asarray(ds.indices)[idx]
-        ds = ds.dataset
-    return ds, idx
-
-
 def check_finite(datasets, split: str = "train") -> None:
     """Raise :class:`DataError` if any set holds a NaN or infinite feature value (or, in the Flow-RBC layout, no
     element at all), naming the file, the split, the set and the element.
@@ -136,7 +97,7 @@ def check_finite(datasets, split: str = "train") -> None:
     for name, ds in parts.items():
         if ds is None:
             continue
-        base, idx = _unwrap(ds)
+        base, idx = unwrap(ds)
         if getattr(base, "generated", False) or not hasattr(base, "scan_finite"):
             continue
         key = (type(base), str(getattr(base, "source", id(base))))
@@ -165,7 +126,7 @@ def check_before_training(train, validation=None, load_test=None) -> None:
     (``has_test_split``: HDF5 ``test_data``, a split column, ``train/``/``test/`` folders), of the test split
     ``load_test()``: a bad test set would otherwise stop the evaluation after the whole training."""
     check_finite({"train": train, "validation": validation})
-    base = _unwrap(train)[0]
+    base = unwrap(train)[0]
     if load_test is None or getattr(base, "generated", False) or not getattr(base, "has_test_split", False):
         return
     try:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ._base import DataError
 
-__all__ = ["TARGETS", "Target", "explain_target", "get_target", "infer_target", "target_of_loss"]
+__all__ = ["TARGETS", "Target", "explain_target", "get_target", "infer_target"]
 
 
 class Target:
@@ -166,23 +166,16 @@ class ElementClassification(Target):
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (Regression(), Classification(), ElementClassification())}
-_LEGACY = {"mse": "regression", "ce": "classification", "ce_elements": "elements"}
 
 
 def get_target(name: str | Target) -> Target:
     """The :class:`Target` named ``name`` (``regression``, ``classification``, ``elements``)."""
     if isinstance(name, Target):
         return name
-    name = _LEGACY.get(name, name)
     try:
         return TARGETS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown target {name!r}; valid targets: {', '.join(TARGETS)}") from None
-
-
-def target_of_loss(loss: str) -> Target:
-    """Checkpoints written before targets were objects name their loss (``mse``, ``ce``, ``ce_elements``)."""
-    return get_target(loss)
 
 
 def infer_target(labels) -> str:

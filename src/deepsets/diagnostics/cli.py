@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def add_commands(sub) -> None:
     from ..data import paper_tasks
-    from ..models import list_models
+    from ..models.registry import list_models
 
     p = sub.add_parser("grad-norms", help="per-layer gradient norms at initialization (CSV, JSON, PNG)")
     p.add_argument("--model", default="deepsets", metavar="MODEL[:DEPTH]",
@@ -25,7 +25,7 @@ def add_commands(sub) -> None:
 
 def _cmd_grad_norms(args) -> int:
     from ..data import get_task
-    from ..models import get_preset
+    from ..models.registry import get_preset
     from .grad_norms import (
         first_last_ratio,
         gradient_norms,
@@ -34,12 +34,13 @@ def _cmd_grad_norms(args) -> int:
     )
 
     specs = [parse_model_spec(args.model, args.depth)] + [parse_model_spec(s, args.depth) for s in args.compare or []]
-    get_task(args.task, trust_code=True)  # --task names it; an unknown task or model fails before any data is read
+    task = get_task(args.task, trust_code=True)  # --task names it; an unknown task or model fails before any data
+    # is read
     for name, _ in specs:
         get_preset(name)
     results = {}
     for name, depth in specs:
-        rows = gradient_norms(name, depth, args.task, batch=args.batch, seed=args.seed)
+        rows = gradient_norms(name, depth, task, batch=args.batch, seed=args.seed)
         label = f"{name}" + (f" depth {depth}" if depth else "")
         results[label] = rows
         print(f"{label:<28} layers {len(rows):>3}  first/last gradient norm {first_last_ratio(rows):.3g}")

@@ -18,15 +18,17 @@ def parse_model_spec(spec: str, depth: int | None = None) -> tuple[str, int | No
     return spec, depth
 
 
-def gradient_norms(model_name: str, depth: int | None, task: str, batch: int = 32, seed: int = 0,
+def gradient_norms(model_name: str, depth: int | None, task, batch: int = 32, seed: int = 0,
                    set_size: int | None = None, data: str | None = None, **overrides) -> list[dict]:
     """Gradient norm of every linear layer's weight, input to output, after one backward pass at init.
 
     The batch is the first ``batch`` sets of the task's training data (offline default unless ``data``); the loss
-    is the task's. Returns rows ``{layer, name, grad_norm, weight_norm}``.
+    is the task's (``task``: a name or a :class:`~deepsets.data.Task`). Returns rows ``{layer, name, grad_norm,
+    weight_norm}``.
     """
     from ..data import collate_sets, get_task
-    from ..models import create_model, preset_default
+    from ..factory import create_model
+    from ..models.registry import preset_default
 
     spec = get_task(task, trust_code=True)  # named by the caller (--task): a task given as code is imported
     opts = {"n_train": max(batch, 1)} if data is None else {}  # offline data: generate only the sets needed
@@ -50,8 +52,8 @@ def gradient_norms(model_name: str, depth: int | None, task: str, batch: int = 3
 def write_grad_norms(results: dict[str, list[dict]], out: str | Path, title: str = "",
                      escape: bool = True) -> dict[str, Path]:
     """CSV + JSON of every model's rows and one PNG with all of them; returns the paths written. ``escape``: text
-    cells a spreadsheet would run as formulas get a leading ``'`` (:func:`deepsets.train.io.escape_csv_cell`)."""
-    from ..train.io import atomic_write_text, csv_text
+    cells a spreadsheet would run as formulas get a leading ``'`` (:func:`deepsets.files.escape_csv_cell`)."""
+    from ..files import atomic_write_text, csv_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -147,11 +147,17 @@ class SetModel(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
 
     def save_pretrained(self, directory, data_info: dict | None = None):
-        """Write ``DIRECTORY/model.safetensors`` + ``config.json`` (see :mod:`deepsets.hub`); load them with
-        ``deepsets.from_pretrained(DIRECTORY)``."""
-        from ..hub import save_pretrained
+        """Write ``DIRECTORY/model.safetensors`` + ``config.json`` (:mod:`deepsets.models.pretrained`); load them
+        with ``deepsets.from_pretrained(DIRECTORY)``."""
+        from .pretrained import save_pretrained
 
         return save_pretrained(self, directory, data_info)
+
+
+def build(model_cls: type[SetModel], config: SetModelConfig) -> SetModel:
+    """The model of a family for a config, on the reference layers: one model, or a :class:`SetEnsemble` of
+    ``config.ensemble`` members."""
+    return SetEnsemble(config, model_cls) if config.ensemble > 1 else model_cls(config)
 
 
 def count_parameters(model: nn.Module) -> int:

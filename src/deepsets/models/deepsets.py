@@ -23,6 +23,7 @@ from ..nn.pooling import POOLS, Pool
 from ..nn.residual import DeepSetsBlock
 from ..nn.sequential import SetSequential
 from .base import SetModel, SetModelConfig
+from .registry import register_model
 
 
 @dataclass
@@ -121,3 +122,9 @@ class DeepSets(SetModel):
 
     def pool_chunked(self, h: Tensor, run) -> Tensor:
         return run.pool(self.config.pool, h)
+
+
+register_model("deepsets", DeepSets, DeepSetsConfig, "Deep Sets baseline (Zaheer et al. 2017): no norm, no residual",
+               depth=50, norm="none", residual="none", pool="sum")
+register_model("deepsets++", DeepSets, DeepSetsConfig, "Deep Sets++: set norm + clean-path residual blocks",
+               depth=50, norm="set", residual="clean", pool="sum")

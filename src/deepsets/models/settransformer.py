@@ -27,6 +27,7 @@ from ..nn.norms import NoNorm, resolve_choice
 from ..nn.residual import RESIDUALS
 from ..nn.sequential import SetSequential
 from .base import SetModel, SetModelConfig
+from .registry import register_model
 
 
 def paper_unused_parameters_per_isab(dim: int, norm: str) -> int:
@@ -112,3 +113,12 @@ class SetTransformer(SetModel):
 
     def pool_chunked(self, h: Tensor, run) -> Tensor:
         return self.sabs(self.pma(run.keys(h))).flatten(1)
+
+
+# The paper's "original" Set Transformer uses layer norm ("the normalization of choice in Set Transformer"; its
+# code's sweeps run the baseline with layer_norm / set_norm, never without a norm), in post-norm MABs.
+register_model("settransformer", SetTransformer, SetTransformerConfig,
+               "Set Transformer baseline (Lee et al. 2019): post-norm ISABs with layer norm",
+               depth=16, norm="layer", residual="nonclean")
+register_model("settransformer++", SetTransformer, SetTransformerConfig,
+               "Set Transformer++: set norm + clean-path pre-norm ISABs", depth=16, norm="set", residual="clean")

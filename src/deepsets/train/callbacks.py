@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .io import atomic_write_bytes, atomic_write_text, csv_text
+from ..files import atomic_write_bytes, atomic_write_text, csv_text
+from .guard import take_over_sigterm, write_error
 
 # metrics.csv: one row per evaluation (the end of every `eval_every`-th epoch, and the end of training).
 METRIC_COLUMNS = [
@@ -37,8 +37,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        from .guard import write_error
-
         buf = io.BytesIO()
         torch.save(checkpoint, buf)
         try:
@@ -63,8 +61,6 @@ class StopRecorder(pl.Callback):
     # Lightning's Ctrl-C path instead: it stops rank zero and kills the processes it launched (which write nothing).
     def on_train_start(self, trainer, pl_module):  # after Lightning has installed its handlers
         if trainer.world_size > 1:
-            from .guard import take_over_sigterm
-
             take_over_sigterm()
 
     on_validation_start = on_train_start
@@ -98,14 +94,12 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def write_metrics(path: str | Path, rows: list[dict], escape: bool = True) -> None:
     """:data:`METRIC_COLUMNS`, then any other column the rows hold (``val_NAME`` of ``--metric NAME``); written
-    with :func:`deepsets.train.io.csv_text` (``escape``: formula-like text cells get a leading ``'``)."""
+    with :func:`deepsets.files.csv_text` (``escape``: formula-like text cells get a leading ``'``)."""
     extra = list(dict.fromkeys(k for r in rows for k in r if k not in METRIC_COLUMNS))
     text = csv_text(METRIC_COLUMNS + extra, rows, escape=escape)
     try:
         atomic_write_text(path, text)
     except OSError as e:  # the previous file is untouched
-        from .guard import write_error
-
         raise write_error("metrics file", path, e) from None
 
 
@@ -170,8 +164,6 @@ class MetricsCSV(pl.Callback):
         except ImportError:  # matplotlib is optional
             pass
         except OSError as e:  # written atomically: the previous figure is untouched
-            from .guard import write_error
-
             raise write_error("learning curve", self.png, e) from None
         self._plotted = time.time()
 
@@ -179,6 +171,3 @@ class MetricsCSV(pl.Callback):
         if trainer.is_global_zero:
             self.plot()
 
-
-def finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)

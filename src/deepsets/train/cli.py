@@ -48,12 +48,12 @@ def executor_options(args) -> dict:
     return {"executor": args.executor, "parallel": args.parallel, "slurm": slurm}
 
 
-SOURCE_FLAGS = ("set_column", "label_column", "labels", "split_column", "features", "channels", "channel_map",
-                "layer", "no_header")
-
-
 def source_options_from_args(args) -> dict:
-    opts = {k: getattr(args, k, None) for k in SOURCE_FLAGS}
+    """The source options the command line gives (:data:`deepsets.data.tasks.SOURCE_OPTIONS`: the flags of
+    :func:`add_source_flags`, and ``--key`` where a command has it)."""
+    from ..data.tasks import SOURCE_OPTIONS
+
+    opts = {k: getattr(args, k, None) for k in SOURCE_OPTIONS}
     if opts.get("channel_map"):
         from ..data.sources import parse_channel_map
 
@@ -250,7 +250,8 @@ def given_fields(args) -> set[str]:
 
 def named_task(args, cfg) -> None:
     """A task given as code is imported only when the command line names it (``--task file.py:NAME``); one read
-    from ``--config FILE.yaml`` is refused unless named again with --task (a resumed run's: see ``run.train``)."""
+    from ``--config FILE.yaml`` is refused unless named again with --task (a resumed run's: see
+    :func:`deepsets.train.fit.train`)."""
     from ..data.tasks import UntrustedTaskError, import_task, is_code
 
     if args.task is not None:
@@ -261,7 +262,8 @@ def named_task(args, cfg) -> None:
 
 def _cmd_train(args) -> int:
     from .callbacks import NonFiniteLossError
-    from .run import launched_worker, train
+    from .fit import train
+    from .folder import launched_worker
 
     cfg = config_from_args(args)
     named_task(args, cfg)
@@ -314,27 +316,23 @@ def _cmd_tune(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .io import refuse_input_as_output
-    from .run import checkpoint_trust, evaluate, format_table, write_json
+    import sys
+
+    from ..checkpoint import open_checkpoint
+    from ..files import refuse_input_as_output, write_json
+    from .evaluation import evaluate, format_table
 
     inputs = {"--checkpoint": args.checkpoint, "--data": args.data, "--labels": args.labels}
     refuse_input_as_output(args.json_out, inputs, "--json")
     refuse_input_as_output(args.plot, inputs, "--plot")
     if args.json_out and args.set_sizes and not args.plot:  # the plot beside --json
         refuse_input_as_output(str(Path(args.json_out).with_suffix(".png")), inputs, "--json (its .png plot)")
-    trust = checkpoint_trust(args.checkpoint, args.task)  # --task: the checkpoint's task, named again
-    import sys
-
-    result = evaluate(args.checkpoint, data=args.data, subsets=subsets_from_args(args),
+    ckpt = open_checkpoint(args.checkpoint, task=args.task)  # --task: the checkpoint's task, named again
+    result = evaluate(ckpt, data=args.data, subsets=subsets_from_args(args),
                       task_options=source_options_from_args(args), seed=args.subset_seed, set_sizes=args.set_sizes,
-                      echo=lambda line: print(line, file=sys.stderr), trust_code=trust,
-                      skip_unreadable=args.skip_unreadable)
+                      echo=lambda line: print(line, file=sys.stderr), skip_unreadable=args.skip_unreadable)
     sizes = result.pop("set_sizes", None)
-    from ..data import get_task
-
-    if args.data is None and not get_task(result["task"]).paper:
-        import sys
-
+    if args.data is None and not ckpt.task.paper:  # (evaluate has checked the task is a registered one)
         print("note: no --data: evaluated on the data the model was trained on (its test split where the data "
               "define one, else every set); pass --data TEST_FILE for held-out sets", file=sys.stderr)
     print(format_table({k: v for k, v in result.items() if k != "prediction"}))  # (said on stderr)
@@ -393,14 +391,16 @@ def add_experiment_commands(sub) -> None:
 def _cmd_predict(args) -> int:
     import sys
 
+    from ..checkpoint import open_checkpoint
+    from ..files import refuse_input_as_output
     from .predict import predict_file
-    from .run import checkpoint_trust
 
-    trust = checkpoint_trust(args.checkpoint, args.task)  # --task: the checkpoint's task, named again
-    text, n = predict_file(args.checkpoint, args.input, args.output, batch_size=args.batch_size, key=args.key,
+    refuse_input_as_output(args.output, {"--input": args.input, "--checkpoint": args.checkpoint})
+    ckpt = open_checkpoint(args.checkpoint, task=args.task)  # --task: the checkpoint's task, named again
+    text, n = predict_file(ckpt, args.input, args.output, batch_size=args.batch_size,
                            subsets=subsets_from_args(args), seed=args.subset_seed, csv_escape=args.csv_escape,
-                           trust_code=trust, skip_unreadable=args.skip_unreadable,
-                           echo=lambda line: print(line, file=sys.stderr), **source_options_from_args(args))
+                           skip_unreadable=args.skip_unreadable, echo=lambda line: print(line, file=sys.stderr),
+                           **source_options_from_args(args))
     if args.output:
         print(f"wrote {n} prediction{'s' if n != 1 else ''} to {args.output}")
     else:

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import yaml
 
+from ..files import atomic_write_text
+
 
 # ------------------------------------------------------------------ registries (imported when first asked)
 def model_names() -> list[str]:
-    from ..models import list_models
+    from ..models.registry import list_models
 
     return list_models()
 
@@ -209,6 +211,12 @@ class TrainConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values, source=str(p))
 
+    @classmethod
+    def of_checkpoint(cls, hparams: dict) -> TrainConfig:
+        """The config a checkpoint's run was trained with (its ``hyper_parameters``; checkpoints without one: the
+        task alone)."""
+        return cls.from_dict(hparams["train_config"]) if hparams.get("train_config") else cls(task=hparams["task"])
+
     def check_choices(self, source: str = "config") -> TrainConfig:
         """Raise ValueError naming the field, the value and the valid choices for a value outside its registry."""
         for f in fields(self):
@@ -227,8 +235,6 @@ class TrainConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        from .io import atomic_write_text
-
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 

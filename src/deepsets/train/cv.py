@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Subset
 
+from ..data import Task, get_task
+from ..files import atomic_write_text
 from .config import TrainConfig
-from .guard import RunLock
+from .guard import RunInterrupted, RunLock
 
 
 def fold_splits(targets: np.ndarray, folds: int, stratify: bool, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -96,35 +98,45 @@ def fold_set_ids(ds, indices) -> list[str]:
     return [str(name(int(i))) if name is not None else str(int(i)) for i in indices]
 
 
-def run_fold(cfg: TrainConfig, k: int, train_idx: list[int], test_idx: list[int], fold_dir: str, full=None) -> dict:
+def fold_data(cfg: TrainConfig, full=None, task: Task | None = None) -> tuple:
+    """``(full, task)``: the task's training split and the task, as given (here) or loaded (in a job: its arguments
+    come from the command, which checked the task, imported in the job)."""
+    if task is None:
+        task = get_task(cfg.task, trust_code=True)
+    if full is None:
+        full = task.load("train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed, fixed_subset=cfg.fixed_subset,
+                         **cfg.task_options)
+    return full, task
+
+
+def run_fold(cfg: TrainConfig, k: int, train_idx: list[int], test_idx: list[int], fold_dir: str, full=None,
+             task: Task | None = None) -> dict:
     """Train fold ``k`` in ``fold_dir`` and test its best checkpoint on the held-out sets (cached in
-    ``result.json``); ``full`` is the task's training split (loaded here when not given, e.g. in a job)."""
-    from ..data import get_task
-    from .guard import RunInterrupted
-    from .io import atomic_write_text
-    from .run import checkpoint_config, evaluate_dataset, load_checkpoint, train
+    ``result.json``); ``full`` is the task's training split and ``task`` the task (loaded here when not given,
+    e.g. in a job)."""
+    from ..checkpoint import open_checkpoint
+    from .evaluation import evaluate_dataset
+    from .fit import train
 
     fold_dir = Path(fold_dir)
     done = fold_dir / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    if full is None:  # a job: its arguments come from the cv command, which checked the task (imported in a job)
-        full = get_task(cfg.task, trust_code=True).load("train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
-                                                        fixed_subset=cfg.fixed_subset, **cfg.task_options)
+    full, task = fold_data(cfg, full, task)
     fcfg = copy.deepcopy(cfg)
     fcfg.out = str(fold_dir)
     try:
-        train(fcfg, overwrite=True, dataset=Subset(full, train_idx), echo=lambda *a: None)
+        train(fcfg, overwrite=True, dataset=Subset(full, train_idx), echo=lambda *a: None, task=task)
     except RunInterrupted as e:  # a fold is trained again from its start: the cv command continues
         raise RunInterrupted(e.signal, f"stopped by {e.signal} in fold {k + 1}; the folds done so far are kept "
                                        f"({fold_dir.parent}/fold-K/result.json); run the same deepsets cv command "
                                        f"again to continue") from None
-    module = load_checkpoint(fold_dir / "checkpoints" / "best.ckpt")
-    fold_cfg = checkpoint_config(module)  # as the fold trained (values a training regime chose included)
+    ckpt = open_checkpoint(fold_dir / "checkpoints" / "best.ckpt")
+    fold_cfg = TrainConfig.of_checkpoint(ckpt.hparams)  # as the fold trained (values a regime chose included)
     # (None: evaluate_dataset's default: whole sets, or the model's subsets of its training size)
     subsets = next((v for v in (cfg.eval_subsets, fold_cfg.eval_subsets) if v is not None), None)
     batch_size = next((v for v in (cfg.batch_size, fold_cfg.batch_size) if v is not None), 64)
-    r = evaluate_dataset(module, Subset(copy.copy(full), test_idx), subsets, batch_size)
+    r = evaluate_dataset(ckpt, Subset(copy.copy(full), test_idx), subsets, batch_size, task=task)
     r.update({"fold": k, "train_sets": len(train_idx), "test_sets": len(test_idx)})
     atomic_write_text(done, json.dumps(r, indent=1))
     return r
@@ -144,7 +156,7 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = No
     ``OUT/cv-plan.json`` records the folds and the config: rerunning the same command continues an interrupted
     cross-validation; another config or fold count in the same folder is refused unless ``overwrite``.
     """
-    from .run import resolve_task
+    from .datamodule import resolve_task
 
     cfg = copy.deepcopy(cfg)
     task = resolve_task(cfg, echo=echo, trust_code=trust_code)  # (checks --metric against the target)
@@ -157,7 +169,6 @@ def cross_validate(cfg: TrainConfig, folds: int = 5, out: str | Path | None = No
 def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bool, echo, executor, parallel,
                     slurm) -> dict:
     from .executors import run_jobs
-    from .io import atomic_write_text
 
     full = task.load("train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed, fixed_subset=cfg.fixed_subset,
                      **cfg.task_options)
@@ -211,7 +222,7 @@ def _cross_validate(cfg: TrainConfig, task, folds: int, out: Path, overwrite: bo
         done = Path(job[4]) / "result.json"
         return json.loads(done.read_text()) if done.is_file() else None
 
-    for k, r in run_jobs(run_fold, jobs if not here else [(*j, full) for j in jobs], executor, out / "jobs",
+    for k, r in run_jobs(run_fold, jobs if not here else [(*j, full, task) for j in jobs], executor, out / "jobs",
                          parallel, slurm, cached=cached):
         rows[k] = r
         echo(f"fold {k + 1}/{len(splits)} (fold-{k}): {metric} {r.get(metric, math.nan):.4g} ({r['test_sets']} test sets) "

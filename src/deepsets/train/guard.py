@@ -15,7 +15,7 @@
   (SIGKILL included), so it never stays stuck. A second run into the same folder is refused before it touches
   anything (``--overwrite`` included); ``OUT/.lock.info`` says who holds it.
 * **Full or unwritable disks.** Checkpoints, ``metrics.csv`` and the learning curve are written atomically (a
-  temporary file renamed into place, :mod:`deepsets.train.io`); when a write fails the temporary file is removed,
+  temporary file renamed into place, :mod:`deepsets.files`); when a write fails the temporary file is removed,
   the previous file is untouched, and :class:`StorageError` says which file, why, and what to do.
 
 This module imports neither torch nor Lightning, so the command line can use it at no cost.
@@ -31,6 +31,8 @@ import socket
 import time
 from pathlib import Path
 
+from ..files import RunError, atomic_write_text
+
 #: exit codes of a run stopped by a signal (128 + the signal number, as a shell reports it)
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -38,10 +40,6 @@ LOCK_NAME = ".lock"
 LOCK_INFO_NAME = ".lock.info"
 #: files of the lock in a run folder (not run output: an --out holding only these counts as empty)
 LOCK_FILES = (LOCK_NAME, LOCK_INFO_NAME)
-
-
-class RunError(Exception):
-    """An error whose message says everything: what failed, what is kept and what to do."""
 
 
 class RunInUseError(RunError):
@@ -121,13 +119,6 @@ def signal_of(exc: BaseException) -> str | None:
     return None
 
 
-def stop_recorder():
-    """A Lightning callback noting the exception that ended ``fit`` and the epoch and step where it happened."""
-    from .callbacks import StopRecorder
-
-    return StopRecorder()
-
-
 # ------------------------------------------------------------------------------------------------------ messages
 def resume_command(out: str | Path) -> str:
     return f"deepsets train --out {shlex.quote(str(out))} --resume"
@@ -138,10 +129,10 @@ def kept_checkpoint(out: str | Path) -> tuple[Path, int | None, int | None] | No
     last = Path(out) / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return None
-    try:
-        import torch
+    from ..checkpoint import load_file  # (torch: only when a run ends early)
 
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    try:
+        ckpt = load_file(last)
         return last, ckpt.get("epoch"), ckpt.get("global_step")
     except Exception:  # noqa: BLE001 - the message says it could not be read
         return last, None, None
@@ -199,13 +190,14 @@ def write_error(what: str, path, err: OSError) -> StorageError:
 class RunGuard:
     """Context manager around a training run in ``out``: turns signals and failed writes into one clear error.
 
-    Pass :attr:`recorder` to the ``Trainer`` (``callbacks=[..., guard.recorder]``) so interruptions inside
-    ``fit`` report the epoch and step.
+    ``recorder``: what notes the exception that ended ``fit`` and its epoch and step (``exception``, ``epoch``,
+    ``step``: :class:`deepsets.train.callbacks.StopRecorder`, given to the ``Trainer`` too), so that interruptions
+    inside ``fit`` report them.
     """
 
-    def __init__(self, out: str | Path):
+    def __init__(self, out: str | Path, recorder=None):
         self.out = Path(out)
-        self.recorder = stop_recorder()
+        self.recorder = recorder
 
     def __enter__(self):
         return self
@@ -217,8 +209,8 @@ class RunGuard:
         if name is not None:
             for stale in [*self.out.glob(".*.tmp"), *(self.out / "checkpoints").glob(".*.tmp")]:
                 stale.unlink(missing_ok=True)  # a write the signal cut short (never renamed into place)
-            epoch, step = self.recorder.epoch, self.recorder.step
-            if self.recorder.exception is not None and name == "SIGINT":
+            epoch, step = getattr(self.recorder, "epoch", None), getattr(self.recorder, "step", None)
+            if getattr(self.recorder, "exception", None) is not None and name == "SIGINT":
                 name = signal_of(self.recorder.exception) or name
             raise RunInterrupted(name, interrupted_message(name, self.out, epoch, step)) from None
         if isinstance(exc, StorageError) and isinstance(exc.path, (str, Path)):
@@ -275,8 +267,6 @@ class RunLock:
         self._lock = lock
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
         try:
-            from .io import atomic_write_text
-
             atomic_write_text(self.info_path, json.dumps(info) + "\n")
         except OSError:
             pass  # the lock holds without its description

@@ -7,35 +7,28 @@ from torch import Tensor
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from ..checkpoint import Checkpoint
 from ..data.targets import get_target
-from ..models import create_model
-
-
-def task_loss(kind: str, out: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(loss, metric)`` of a batch for a target kind (``regression``/``classification``/``elements``, or the
-    earlier names ``mse``/``ce``/``ce_elements``)."""
-    return get_target(kind).loss(out, y, mask)
+from ..factory import create_model
+from ..metrics import HIGHER_IS_BETTER, check_selection, set_metrics
+from .callbacks import NonFiniteLossError
 
 
 class SetModule(pl.LightningModule):
     """Wraps ``create_model(model, **model_kwargs)``; everything needed to rebuild it is in the checkpoint.
 
-    ``target`` names the target kind (its loss and metric); checkpoints of earlier versions name their loss
-    (``loss="mse"|"ce"|"ce_elements"``) instead, which is read the same way.
+    ``target`` names the target kind (its loss and metric). ``built``: the model itself, already built (a
+    checkpoint's: :meth:`of`), instead of a new one.
     """
 
-    def __init__(self, model: str, model_kwargs: dict, task: str, target: str | None = None, lr: float = 1e-4,
-                 train_config: dict | None = None, data_info: dict | None = None, loss: str | None = None,
-                 metric: str | None = None, weight_decay: float = 0.0):
+    def __init__(self, model: str, model_kwargs: dict, task: str, target: str, lr: float = 1e-4,
+                 train_config: dict | None = None, data_info: dict | None = None, weight_decay: float = 0.0,
+                 built: torch.nn.Module | None = None):
         super().__init__()
-        if target is None:
-            if loss is None:
-                raise ValueError("SetModule needs a target (regression, classification or elements)")
-            target = get_target(loss).name
         self.save_hyperparameters({"model": model, "model_kwargs": model_kwargs, "task": task, "target": target,
                                    "lr": lr, "train_config": train_config, "data_info": data_info,
                                    "weight_decay": weight_decay})
-        self.model = create_model(model, **model_kwargs)
+        self.model = built if built is not None else create_model(model, **model_kwargs)
         self.target = get_target(target)
         self.metric_name, self.lr = self.target.metric, lr
         self.train_loss, self.train_metric = MeanMetric(), MeanMetric()
@@ -43,13 +36,19 @@ class SetModule(pl.LightningModule):
         self.last_val: dict[str, float] = {}
         # --metric NAME: best.ckpt (and --patience) follow that metric of the whole validation set, computed from
         # the outputs and labels gathered from every process; monitored as "val_select" (lower is better)
-        from ..metrics import check_selection
-
         self.select_metric = check_selection((train_config or {}).get("metric"), self.target.name)
         selecting = self.select_metric not in (None, "loss")
         self.monitor = "val_select" if selecting else "val_loss"
         self.val_outputs = ValidationOutputs() if selecting else None
         self.last_monitored = float("nan")
+
+    @classmethod
+    def of(cls, ckpt: Checkpoint) -> SetModule:
+        """The training module of a checkpoint read by :func:`deepsets.checkpoint.open_checkpoint` (its model)."""
+        hp = ckpt.hparams
+        return cls(hp["model"], hp["model_kwargs"], hp["task"], ckpt.target.name, hp.get("lr", 1e-4),
+                   train_config=hp.get("train_config"), data_info=hp.get("data_info"),
+                   weight_decay=hp.get("weight_decay") or 0.0, built=ckpt.model).eval()
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.model(x, mask)
@@ -70,8 +69,6 @@ class SetModule(pl.LightningModule):
         if self._trainer is not None and self.trainer.world_size > 1:  # all processes stop at the same step: one
             bad = self.trainer.strategy.reduce_boolean_decision(here, all=False)  # stopping alone hangs the others
         if bad:
-            from .callbacks import NonFiniteLossError
-
             what = f"{loss.item()} at epoch" if here else "not finite on another process at epoch"
             raise NonFiniteLossError(f"training loss is {what} {self.current_epoch}, step {self.global_step} "
                                      f"(batch {batch_idx}); training stopped")
@@ -107,8 +104,6 @@ class SetModule(pl.LightningModule):
         self.log("val_metric", self.last_val["val_metric"], prog_bar=self.metric_name != "mse", logger=False)
         self.last_monitored = self.last_val["val_loss"]
         if self.val_outputs is not None:
-            from ..metrics import HIGHER_IS_BETTER, set_metrics
-
             outputs, labels = self.val_outputs.compute()  # every process's sets (the same on every process)
             self.val_outputs.reset()
             name = self.select_metric

@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .io import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 
 def pyplot():
@@ -57,7 +57,7 @@ def plot_depth(cells: dict[tuple[str, str, int], list[float]], paper: dict[tuple
     model sits on it)."""
     import math
 
-    from ..models import list_models
+    from ..models.registry import list_models
 
     plt = pyplot()
     tasks = list(dict.fromkeys(k[0] for k in cells))

@@ -46,7 +46,7 @@ def resolve_regime(cfg, task, n_sets: int, echo=print):
     to the one chosen (so resolving again changes nothing); says what it chose once."""
     import math
 
-    from ..models import preset_default
+    from ..models.registry import preset_default
 
     regime, why = choose_regime(cfg, task, n_sets)
     cfg = copy.deepcopy(cfg)

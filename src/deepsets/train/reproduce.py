@@ -103,7 +103,9 @@ def cell_result(cfg: TrainConfig) -> dict | None:
 
 def run_cell(cfg: TrainConfig) -> dict:
     """Train one (cell, seed) and evaluate its best checkpoint on the test split; cached in results.json."""
-    from .run import evaluate, train, write_json
+    from ..files import write_json
+    from .evaluation import evaluate
+    from .fit import train
 
     done = Path(cfg.out) / "results.json"
     if done.is_file():
@@ -183,7 +185,7 @@ def reproduce(table: str, budget: str = "smoke", tasks: list[str] | None = None,
     again, and the table is rewritten after every finished run.
     """
     from .executors import run_jobs
-    from .io import atomic_write_text
+    from ..files import atomic_write_text
 
     out = Path(out or Path("runs") / f"reproduce-{table}-{budget}")
     out.mkdir(parents=True, exist_ok=True)

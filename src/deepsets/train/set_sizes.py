@@ -29,7 +29,7 @@ def plot_report(rows: list[dict], path: str | Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..train.io import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     names = metric_names(rows)
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.0), squeeze=False)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_text
 from .config import TrainConfig
 from .guard import RunLock
 
@@ -56,7 +57,7 @@ def _optuna():
 
 def searched_fields(cfg: TrainConfig) -> list[str]:
     """The fields of :data:`SPACE` that ``cfg`` leaves unset (``None``): those are searched."""
-    from ..models import preset_default
+    from ..models.registry import preset_default
 
     names = [k for k in SPACE if getattr(cfg, k) is None]
     if "pool" in names and preset_default(cfg.model, "pool") in (None, "pma"):
@@ -72,22 +73,18 @@ def _suggest(trial, name: str):
 
 
 def tune_fold(cfg: TrainConfig, searched: list[str], metric: str, k: int, train_idx: list[int], test_idx: list[int],
-              fold_dir: str, inner_folds: int, trials: int, full=None) -> dict:
+              fold_dir: str, inner_folds: int, trials: int, full=None, task=None) -> dict:
     """Outer fold ``k``: the study on its training part, then the best setting tested on its held-out sets
     (cached in ``fold_dir/result.json``)."""
-    from ..data import get_task
     from ..metrics import HIGHER_IS_BETTER
-    from .cv import fold_set_ids, fold_splits, run_fold
-    from .io import atomic_write_text
+    from .cv import fold_data, fold_set_ids, fold_splits, run_fold
 
     fold_dir = Path(fold_dir)
     done = fold_dir / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
     optuna = _optuna()
-    if full is None:  # a job: its arguments come from the tune command, which checked the task (imported in a job)
-        full = get_task(cfg.task, trust_code=True).load("train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed,
-                                                        fixed_subset=cfg.fixed_subset, **cfg.task_options)
+    full, task = fold_data(cfg, full, task)
     train_idx = np.asarray(train_idx)
     targets = np.asarray([np.asarray(full.target_of(int(i))).reshape(-1)[0] for i in train_idx])
     stratify = getattr(full, "target_kind", "") == "class"
@@ -105,7 +102,7 @@ def tune_fold(cfg: TrainConfig, searched: list[str], metric: str, k: int, train_
         scores = []
         for j, (itr, ite) in enumerate(inner):
             r = run_fold(tcfg, j, train_idx[itr].tolist(), train_idx[ite].tolist(), str(trial_dir / f"inner-{j}"),
-                         full)
+                         full, task)
             scores.append(float(r[metric]))
         shutil.rmtree(trial_dir, ignore_errors=True)  # the trial's score is what is kept
         score = float(np.mean(scores)) if all(math.isfinite(s) for s in scores) else worst
@@ -119,7 +116,7 @@ def tune_fold(cfg: TrainConfig, searched: list[str], metric: str, k: int, train_
     fcfg = copy.deepcopy(cfg)
     for name, value in best.items():
         setattr(fcfg, name, value)
-    r = run_fold(fcfg, k, train_idx.tolist(), list(test_idx), str(fold_dir / "best"), full)
+    r = run_fold(fcfg, k, train_idx.tolist(), list(test_idx), str(fold_dir / "best"), full, task)
     r.update({"best_params": best, "inner_score": float(study.best_value), "trials": records,
               "inner_sets": fold_set_ids(full, train_idx)})
     atomic_write_text(done, json.dumps(r, indent=1))
@@ -131,7 +128,7 @@ def tune(cfg: TrainConfig, folds: int = 5, inner_folds: int = 3, trials: int = 2
          trust_code: bool = True) -> dict:
     """Nested cross-validation of an Optuna search (see the module docstring); returns ``tune.json``'s contents
     plus ``path``. ``trust_code`` as in :func:`deepsets.train.cv.cross_validate`."""
-    from .run import resolve_task
+    from .datamodule import resolve_task
 
     if trials < 1 or inner_folds < 2:
         raise ValueError(f"--trials must be >= 1 and --inner-folds >= 2, got {trials} and {inner_folds}")
@@ -149,7 +146,6 @@ def _tune(cfg, task, folds, inner_folds, trials, out: Path, overwrite, echo, exe
     from ..metrics import default_metric
     from .cv import fold_set_ids, fold_splits, mean_se
     from .executors import run_jobs
-    from .io import atomic_write_text
     from .regime import resolve_regime
 
     full = task.load("train", data=cfg.data, set_size=cfg.set_size, seed=cfg.seed, fixed_subset=cfg.fixed_subset,
@@ -182,7 +178,7 @@ def _tune(cfg, task, folds, inner_folds, trials, out: Path, overwrite, echo, exe
         return json.loads(done.read_text()) if done.is_file() else None
 
     t0, rows = time.time(), {}
-    for k, r in run_jobs(tune_fold, jobs if not here else [(*j, full) for j in jobs], executor, out / "jobs",
+    for k, r in run_jobs(tune_fold, jobs if not here else [(*j, full, task) for j in jobs], executor, out / "jobs",
                          parallel, slurm, cached=cached):
         rows[k] = r
         echo(f"outer fold {k + 1}/{len(splits)}: {metric} {r[metric]:.4g} with {r['best_params']} (inner "

@@ -8,6 +8,7 @@ reference layers back.
 """
 from __future__ import annotations
 
+from ..substitution import adopt, substitute
 from .kernels import name
 from .modules import MODULES, CPUSetNorm, DeepSetsStack, ISABStack
 
@@ -16,8 +17,6 @@ __all__ = ["apply", "name", "CPUSetNorm", "DeepSetsStack", "ISABStack", "MODULES
 
 def apply(model):
     """``model`` with the CPU backend's modules in place of the reference modules they fit (parameters shared)."""
-    from .. import adopt, substitute
-
     def replace(m):
         for cls in MODULES:
             if cls.fits(m):

@@ -25,7 +25,7 @@ from pathlib import Path
 from .._base import DataError, SetDataset, check_exists, open_h5
 from ..targets import Target, get_target
 
-__all__ = ["TASKS", "Task", "TaskSpec", "UntrustedTaskError", "call_with_options", "detect_task", "get_task",
+__all__ = ["SOURCE_OPTIONS", "TASKS", "Task", "UntrustedTaskError", "call_with_options", "detect_task", "get_task",
            "import_task", "is_code", "list_tasks", "load_task", "paper_tasks", "recorded_task", "register_task"]
 
 
@@ -85,18 +85,6 @@ class Task:
     def output(self) -> str:
         return self.target_kind.output
 
-    @property
-    def loss(self) -> str:  # the names checkpoints of earlier versions used
-        return {"regression": "mse", "classification": "ce", "elements": "ce_elements"}[self.target]
-
-    @property
-    def default_set_size(self) -> int | None:
-        return self.set_size
-
-    @property
-    def paper_epochs(self) -> int:
-        return self.epochs
-
     def load(self, split: str = "train", data=None, set_size: int | None = None, seed: int = 0,
              fixed_subset: bool = False, **options) -> SetDataset:
         """The task's sets of ``split`` (see :func:`load_task`)."""
@@ -109,8 +97,6 @@ class Task:
         base = {"set_size": set_size, "seed": seed, "fixed_subset": fixed_subset}
         return self.loader(self, split, data, base, dict(options))
 
-
-TaskSpec = Task  # the earlier name
 
 TASKS: dict[str, Task] = {}
 
@@ -256,6 +242,17 @@ def generator_sizes(opts: dict, split: str) -> dict:
     return opts
 
 
+#: Every option that says how a source of sets is read (tables, .h5ad, FCS folders, .npy/.h5; the command line's
+#: source flags), and what it is about: ``layout`` (how the data are laid out: kept from the training run when
+#: another file is evaluated or predicted), ``labels`` (where the labels are: kept by eval, not by predict, which
+#: reads none) or ``file`` (a file of the training data's own: never kept).
+SOURCE_OPTIONS = {
+    "set_column": "layout", "label_column": "labels", "labels": "file", "split_column": "labels",
+    "features": "layout", "channels": "layout", "channel_map": "layout", "layer": "layout", "no_header": "layout",
+    "key": "layout", "label_key": "labels",
+}
+
+
 def source_options(opts: dict) -> dict:
     """``channels`` is the cytometry name of ``features``: one option for every source."""
     opts = dict(opts)
@@ -266,6 +263,20 @@ def source_options(opts: dict) -> dict:
         if ch is not None:
             opts["features"] = ch
     return opts
+
+
+def reading_options(path, run_options: dict, given: dict, labels: bool = False) -> dict:
+    """The source options to read ``path`` (a file other than the training data, or the same) with: ``given``, and
+    the training run's ``run_options`` that ``given`` does not set again, where they describe the layout (with
+    ``labels``: where the labels are too) and the format of ``path`` takes them. ``channels`` reads as ``features``
+    throughout; options that are None are left out."""
+    from ..sources import source_options_of
+
+    given = source_options({k: v for k, v in given.items() if v is not None})
+    kept = ("layout", "labels") if labels else ("layout",)
+    run = source_options({k: v for k, v in run_options.items() if SOURCE_OPTIONS.get(k) in kept and v is not None})
+    accepted = source_options_of(path)
+    return {**{k: v for k, v in run.items() if k in accepted and k not in given}, **given}
 
 
 def load_sources(task: Task, split: str, data, base: dict, opts: dict, classes=None, expect_dim=None):

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .guard import RunError
+
+
+class RunError(Exception):
+    """An error whose message says everything: what failed, what is kept and what to do."""
 
 
 class WriteError(OSError, RunError):
@@ -100,6 +104,10 @@ def atomic_write_bytes(path: str | Path, data: bytes, verify: Callable[[Path], N
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 # ------------------------------------------------------------------------------------------------ CSV cells
