@@ -26,9 +26,13 @@ def open_input(path, expect_dim=None, **options) -> SetDataset:
     if expect_dim is not None and opts.get("features") is None and source_for(path).name in ("fcs", "h5ad"):
         opts["expect_dim"] = expect_dim
     reader = open_source(path, None, **opts)
-    labels, reader.labels = reader.labels, None  # prediction needs no labels (and does not check them)
+    asked = opts.get("label_column") is not None or opts.get("labels") is not None
+    # prediction needs no labels and does not check them (an FCS folder's labels.csv is not even read); labels
+    # asked for by name are kept as read (explain's report compares classes)
+    labels = reader.labels if asked else None
+    reader.labels = None
     ds = SourceDataset(reader, target="regression", set_size=None)
-    ds.raw_labels = labels  # as read, when a label column or file was given (explain's report compares classes)
+    ds.raw_labels = labels
     return ds
 
 
