@@ -245,14 +245,20 @@ def _tidy_onnx(proto, meta: dict[str, str] | None = None) -> None:
         entry.key, entry.value = key, value
 
 
-def read_metadata(path: str | Path, format: str | None = None) -> dict[str, str]:
-    """The :func:`export_metadata` an exported file holds (ONNX ``metadata_props``; pt2 ``deepsets.json``)."""
-    import json
-
+def _exported_file(path, format):
+    """``(path, format)`` of an exported file that exists (else FileNotFoundError naming it)."""
     path = Path(path)
     format = resolve_format(path, format)
     if not path.is_file():
         raise FileNotFoundError(f"exported file does not exist: {path}")
+    return path, format
+
+
+def read_metadata(path: str | Path, format: str | None = None) -> dict[str, str]:
+    """The :func:`export_metadata` an exported file holds (ONNX ``metadata_props``; pt2 ``deepsets.json``)."""
+    import json
+
+    path, format = _exported_file(path, format)
     if format == "onnx":
         require_onnx()
         import onnx
@@ -269,10 +275,7 @@ def load_exported(path: str | Path, format: str | None = None,
     """A function ``f(x, mask) -> y`` running the exported file itself: onnxruntime for ONNX (``threads``: its
     intra-op threads, default onnxruntime's), the loaded ``torch.export`` program for pt2 (PyTorch's threads).
     ``x``/``mask`` may be tensors or NumPy arrays; ``y`` is a tensor."""
-    path = Path(path)
-    format = resolve_format(path, format)
-    if not path.is_file():
-        raise FileNotFoundError(f"exported file does not exist: {path}")
+    path, format = _exported_file(path, format)
     if format == "onnx":
         require_onnx()
         import onnxruntime as ort
